@@ -1,0 +1,1 @@
+"""Image-generation research codebase: one shared, sharded training step for every model family."""

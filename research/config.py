@@ -1,0 +1,97 @@
+"""Shared config pieces for `experiments/*.py`.
+
+An experiment file defines ``get_config(arg)`` returning a ConfigDict built on `base_config`. The
+argument string after the file name (``experiments/x.py:runlocal,batch=32``) is parsed by
+`parse_arg`; ``runlocal`` is the standard switch that shrinks any experiment to a minutes-long CPU run.
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+import ml_collections
+
+from research.errors import UserError
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """``"runlocal,batch=32"`` -> ConfigDict(runlocal=True, batch=32) over `defaults`.
+
+  Only names present in `defaults` are accepted; a bare name means True. Values are Python literals.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise UserError(f"unknown config argument {key!r}; this experiment takes {sorted(defaults)}")
+    if not _:
+      parsed: Any = True
+    else:
+      try:
+        parsed = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        parsed = value
+    out[key] = type(defaults[key])(parsed) if defaults[key] is not None else parsed
+  return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every experiment has; experiments fill in task, model, data and optim."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128  # global, over all devices of all processes
+  c.task = ml_collections.ConfigDict({"name": ""})
+  c.model = ml_collections.ConfigDict({"name": ""})
+  c.data = ml_collections.ConfigDict(
+    {
+      "name": "",
+      "split": "train",
+      "eval_split": "test",
+      "data_dir": ml_collections.FieldReference(None, field_type=str),
+      "download": False,
+      "shuffle_buffer": 10_000,
+      "random_flip": False,
+      "image_size": ml_collections.FieldReference(None, field_type=int),
+      "prefetch": 2,
+    }
+  )
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "fsdp_min_size": 2**14})
+  c.train = ml_collections.ConfigDict(
+    {
+      "num_steps": 10_000,
+      "log_every": 100,
+      "sample_every": 1_000,  # 0 = off
+      "eval_every": 0,  # 0 = off
+      "checkpoint_every": 1_000,
+      "max_to_keep": 3,
+      "async_checkpoint": True,
+      "ema_decay": 0.0,  # 0 = off; sampling/eval use EMA weights when on and sample.use_ema
+      "grad_accum": 1,
+      "part_steps": ml_collections.ConfigDict(),  # {part: updates per step}, default 1
+    }
+  )
+  c.optim = ml_collections.ConfigDict()  # {part: {name, learning_rate, schedule, ...}}
+  c.sample = ml_collections.ConfigDict({"num_samples": 64, "grid_size": 64, "use_ema": True})
+  c.eval = ml_collections.ConfigDict({"batch_size": 200})
+  return c
+
+
+def adam(learning_rate: float, **kw: Any) -> ml_collections.ConfigDict:
+  """An optimizer entry for ``config.optim.<part>`` with every field present (so overrides work)."""
+  fields = {
+    "name": "adam",
+    "learning_rate": learning_rate,
+    "b1": 0.9,
+    "b2": 0.999,
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "grad_clip_norm": 0.0,
+    "schedule": "constant",
+    "warmup_steps": 0,
+    "decay_steps": 0,
+    "end_lr_factor": 0.0,
+  }
+  fields.update(kw)
+  return ml_collections.ConfigDict(fields)

@@ -1,0 +1,167 @@
+"""The host-side `tf.data` pipelines: deterministic, resumable train stream and padded eval pass.
+
+Every function imports tensorflow lazily (through `tfds_source.import_tf`).
+
+Train order is a pure function of (seed, process index, process count): each process reads its
+`even_splits` part of the split in file order (no file shuffling; TFDS already shuffled the records
+when it generated the files), epoch `e` is shuffled by a `shuffle_buffer`-sized buffer seeded from
+(seed, e), and the horizontal flip of the example at stream position `i` is a stateless coin keyed
+by (seed, process index, i). Epochs are concatenated into one continuous stream, batched with
+`drop_remainder=True`, so batches cross epoch boundaries. Resuming at step k starts the stream at
+epoch `k * local_batch // n` and skips the remainder as still-encoded records, before decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from research.data import tfds_source
+from research.errors import UserError
+
+_EPOCHS = 2**62  # "Forever": the train stream's epoch range is [start_epoch, _EPOCHS).
+
+
+def _key(*parts: Any) -> int:
+  """A 62-bit integer derived from `parts` (stable across processes and Python runs)."""
+  digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+  return int.from_bytes(digest[:8], "little") >> 2
+
+
+def _options() -> Any:
+  tf = tfds_source.import_tf()
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+def read_encoded(builder: Any, split: Any, *, seed: int = 0) -> Any:
+  """`split` as a `tf.data.Dataset` of {'image': encoded bytes, 'label'?}, in file order."""
+  tfds = tfds_source.import_tfds()
+  read_config = tfds.ReadConfig(options=_options(), shuffle_seed=seed)
+  ds = builder.as_dataset(
+    split=split,
+    shuffle_files=False,
+    decoders={"image": tfds.decode.SkipDecoding()},
+    read_config=read_config,
+  )
+  keep = ["image"] + (["label"] if "label" in builder.info.features else [])
+  return ds.map(lambda ex: {k: ex[k] for k in keep})
+
+
+def _cardinality(ds: Any, fallback: int) -> int:
+  n = int(ds.cardinality().numpy())
+  return n if n >= 0 else fallback
+
+
+def _preprocess_fn(builder: Any, image_size: int | None) -> Any:
+  """Decodes the image, resizes it when asked (bilinear, antialiased, rounded) and casts labels."""
+  tf = tfds_source.import_tf()
+  feature = builder.info.features["image"]
+  h, w, c = tfds_source.image_shape(builder, image_size)
+  resize = bool(image_size) and tuple(feature.shape[:2]) != (h, w)
+
+  def preprocess(ex: dict[str, Any]) -> dict[str, Any]:
+    image = feature.decode_example(ex["image"])
+    if resize:
+      image = tf.image.resize(image, [h, w], method="bilinear", antialias=True)
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    image = tf.ensure_shape(image, [h, w, c])
+    out = {"image": image}
+    if "label" in ex:
+      out["label"] = tf.cast(ex["label"], tf.int32)
+    return out
+
+  return preprocess
+
+
+def train_dataset(
+  builder: Any,
+  split: Any,
+  *,
+  local_batch: int,
+  seed: int,
+  start_step: int,
+  shuffle_buffer: int,
+  random_flip: bool,
+  image_size: int | None,
+  process_index: int,
+) -> Any:
+  """The infinite, deterministic stream of local batches from `start_step` on."""
+  tf = tfds_source.import_tf()
+  base = read_encoded(builder, split, seed=seed)
+  n = _cardinality(base, tfds_source.num_examples(builder, split))
+  if n == 0:
+    raise UserError(
+      f"the {process_index}-th process's part of split {str(split)!r} of {builder.name!r} is "
+      "empty; use a larger config.data.split"
+    )
+  start_epoch, skip = divmod(start_step * local_batch, n)
+  buffer = min(int(shuffle_buffer or 0), n)
+  shuffle_key = tf.constant(_key("shuffle", seed), tf.int64)
+  flip_key = tf.constant(_key("flip", seed, process_index), tf.int64)
+
+  def epoch(e: Any) -> Any:
+    ds = base
+    if buffer > 1:
+      epoch_seed = tf.random.stateless_uniform(
+        [], seed=tf.stack([shuffle_key, e]), minval=0, maxval=2**62, dtype=tf.int64
+      )
+      ds = ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    return ds.enumerate().map(lambda i, ex: {**ex, "index": e * n + i})
+
+  preprocess = _preprocess_fn(builder, image_size)
+
+  def augment(ex: dict[str, Any]) -> dict[str, Any]:
+    index = ex.pop("index")
+    out = preprocess(ex)
+    if random_flip:
+      coin = tf.random.stateless_uniform([], seed=tf.stack([flip_key, index]))
+      image = out["image"]
+      out["image"] = tf.where(coin < 0.5, tf.image.flip_left_right(image), image)
+    return out
+
+  ds = tf.data.Dataset.range(start_epoch, _EPOCHS).flat_map(epoch)
+  ds = ds.skip(skip)  # Still encoded: skipping costs reads, not decodes.
+  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def eval_num_batches(builder: Any, split: Any, *, local_batch: int, process_count: int) -> int:
+  """Batches every process yields for one eval pass: from the largest per-process part."""
+  tfds = tfds_source.import_tfds()
+  parts = tfds.even_splits(split, n=process_count)
+  if not builder.info.splits and tfds_source.is_mocked():  # Same mocked size everywhere.
+    sizes = [tfds_source.mocked_cardinality(builder, parts[0])]
+  else:
+    sizes = [tfds_source.num_examples(builder, p, "config.data.eval_split") for p in parts]
+  return -(-max(sizes) // local_batch)
+
+
+def eval_dataset(
+  builder: Any,
+  split: Any,
+  *,
+  local_batch: int,
+  num_batches: int,
+  image_size: int | None,
+) -> Any:
+  """One pass over `split` in `num_batches` local batches with a float32 'mask' (0 = padding)."""
+  tf = tfds_source.import_tf()
+  base = read_encoded(builder, split)
+  n = _cardinality(base, tfds_source.num_examples(builder, split, "config.data.eval_split"))
+  pad = num_batches * local_batch - n
+  if pad < 0:
+    raise ValueError(f"eval part has {n} examples, more than {num_batches} x {local_batch}")
+  preprocess = _preprocess_fn(builder, image_size)
+
+  def real(ex: dict[str, Any]) -> dict[str, Any]:
+    return {**preprocess(ex), "mask": tf.constant(1.0, tf.float32)}
+
+  ds = base.map(real, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(pad))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())

@@ -1,0 +1,197 @@
+"""TFDS builders by name: lazy imports, preparation, the prepared check and split sizes.
+
+Nothing here imports tensorflow at module import time, and reading a prepared dataset's metadata
+(`get_builder`, `num_examples`) works without tensorflow installed. TensorFlow is imported only by
+`import_tf` (building a `tf.data` pipeline, or generating the offline datasets).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any
+
+from research.errors import UserError
+
+# Config fields (attribute access on an ml_collections ConfigDict) and their defaults.
+_DEFAULTS = {
+  "split": "train",
+  "eval_split": "test",
+  "data_dir": None,
+  "download": False,
+  "shuffle_buffer": 10_000,
+  "random_flip": False,
+  "image_size": None,
+  "prefetch": 2,
+}
+
+
+def field(config: Any, name: str) -> Any:
+  """`config.<name>`, or its default when the field is absent ('name' has no default)."""
+  value = getattr(config, name, _DEFAULTS.get(name))
+  if name == "name" and not value:
+    raise UserError("config.data.name is not set; set it to a TFDS name such as 'offline_mnist'")
+  return value
+
+
+@functools.cache
+def import_tf() -> Any:
+  """Imports tensorflow quietly, hides the GPUs from it and returns the module."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(
+      "the data pipeline needs tensorflow; run `pip install tensorflow-cpu`"
+    ) from None
+  try:
+    tf.config.set_visible_devices([], "GPU")  # TF must never take accelerator memory.
+  except (RuntimeError, ValueError):  # Already initialised by someone else: leave it.
+    pass
+  tf.get_logger().setLevel(logging.ERROR)
+  return tf
+
+
+@functools.cache
+def import_tfds() -> Any:
+  """Imports tensorflow_datasets (which does not import tensorflow) with quiet output."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise UserError(
+      "the data pipeline needs tensorflow_datasets; run `pip install tensorflow-datasets`"
+    ) from None
+  tfds.disable_progress_bar()
+  logging.getLogger("absl").setLevel(logging.ERROR)
+  return tfds
+
+
+def _offline_names() -> tuple[str, ...]:
+  from research.data import offline_builders  # pylint: disable=g-import-not-at-top
+
+  return offline_builders.OFFLINE_BUILDERS  # The import also registers the builders.
+
+
+def is_mocked() -> bool:
+  """Whether `tfds.testing.mock_data` is active (it patches `download_and_prepare`).
+
+  The mock serves random examples without any prepared files or split metadata, so under it the
+  prepared check is skipped and split sizes come from the mocked `tf.data` cardinality.
+  """
+  tfds = import_tfds()
+  patched = tfds.core.DatasetBuilder.download_and_prepare
+  return "mock_data" in getattr(patched, "__qualname__", "")
+
+
+def _prepare_cmd(name: str, data_dir: Any) -> str:
+  return f"python -m research.data.prepare --name={name} --data_dir={data_dir}"
+
+
+def _make_builder(name: str, data_dir: str | None) -> Any:
+  tfds = import_tfds()
+  _offline_names()  # Registers the offline builders.
+  try:
+    return tfds.builder(name, data_dir=data_dir, file_format="tfrecord")
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(
+      f"unknown TFDS dataset {name!r} in config.data.name; use a TFDS catalog name, "
+      f"'offline_mnist' or 'offline_digits'"
+    ) from None
+
+
+def download_and_prepare(builder: Any, *, offline: bool) -> None:
+  """Writes the dataset's tfrecord files into the builder's data_dir (downloads unless offline)."""
+  tfds = import_tfds()
+  if offline:
+    try:
+      import_tf()  # Generating Image features encodes PNGs with tensorflow.
+    except UserError:
+      cmd = _prepare_cmd(builder.name, builder.data_dir_root)
+      raise UserError(
+        f"generating {builder.name!r} needs tensorflow; run `pip install tensorflow-cpu`, or run "
+        f"`{cmd}` where it is installed and set config.data.data_dir to that dir"
+      ) from None
+  config = tfds.download.DownloadConfig(try_download_gcs=not offline)
+  builder.download_and_prepare(file_format="tfrecord", download_config=config)
+
+
+def get_builder(data_config: Any) -> Any:
+  """The prepared TFDS builder for `data_config.name` in `data_config.data_dir`.
+
+  Offline builders are generated on demand (their data ships in wheels); a catalog dataset is
+  downloaded only when `data_config.download` is true. Otherwise an unprepared dataset raises a
+  `UserError` at once, without touching the network.
+  """
+  name = field(data_config, "name")
+  data_dir = field(data_config, "data_dir")
+  offline = name in _offline_names()
+  builder = _make_builder(name, data_dir)
+  if builder.is_prepared() or is_mocked():
+    return builder
+  if offline or field(data_config, "download"):
+    download_and_prepare(builder, offline=offline)
+    return builder
+  where = builder.data_dir_root
+  raise UserError(
+    f"dataset {name!r} is not prepared in {where}; run `{_prepare_cmd(name, where)}` on a machine "
+    "with internet, set config.data.data_dir to where it is, or set config.data.download=True"
+  )
+
+
+def prepare(data_config: Any) -> None:
+  """Generates an offline dataset, or downloads a catalog one when `download` is true.
+
+  A catalog dataset that is not prepared and may not be downloaded raises a `UserError`.
+  """
+  get_builder(data_config)
+
+
+def num_examples(builder: Any, split: Any, key: str = "config.data.split") -> int:
+  """Examples in `split` (a name, a TFDS slice like 'train[:64]', or an even_splits part)."""
+  splits = builder.info.splits
+  if not splits and is_mocked():
+    return mocked_cardinality(builder, split)
+  try:
+    return int(splits[split].num_examples)
+  except (KeyError, ValueError, AssertionError) as e:
+    known = ", ".join(sorted(splits.keys())) or "none"
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UserError(
+      f"split {str(split)!r} of dataset {builder.name!r} is not valid ({reason}); "
+      f"set {key} to one of: {known} (TFDS slicing like 'train[:64]' works too)"
+    ) from None
+
+
+def mocked_cardinality(builder: Any, split: Any) -> int:
+  """Number of examples `tfds.testing.mock_data` serves for `split`."""
+  import_tf()
+  return int(builder.as_dataset(split=split).cardinality().numpy())
+
+
+def image_shape(builder: Any, image_size: int | None) -> tuple[int, int, int]:
+  """(H, W, C) of the images the pipeline yields: the feature's shape, or resized."""
+  features = builder.info.features
+  if "image" not in features:
+    raise UserError(
+      f"dataset {builder.name!r} has no 'image' feature (features: {sorted(features.keys())}); "
+      "pick an image dataset in config.data.name"
+    )
+  h, w, c = features["image"].shape
+  if image_size:
+    h = w = int(image_size)
+  if h is None or w is None or c is None:
+    raise UserError(
+      f"dataset {builder.name!r} has images of varying size {features['image'].shape}; "
+      "set config.data.image_size to resize them"
+    )
+  return int(h), int(w), int(c)
+
+
+def num_classes(builder: Any) -> int | None:
+  """The 'label' ClassLabel's number of classes, or None when the dataset has no labels."""
+  features = builder.info.features
+  if "label" not in features:
+    return None
+  return getattr(features["label"], "num_classes", None)

@@ -1,0 +1,1 @@
+"""Evaluation helpers shared by the families: image grids and metric files."""

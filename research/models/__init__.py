@@ -1,0 +1,3 @@
+"""Linen modules per family; importing this registers them in `research.registry.MODELS`."""
+
+from research.models import vae as _vae  # noqa: F401

@@ -1,0 +1,172 @@
+"""The one training loop: resume, steps, logging, sample grids, evaluation, checkpoints, preemption.
+
+Nothing in the loop waits on the devices except at log, sample, eval and checkpoint intervals: the
+step is dispatched asynchronously with the state donated, and metrics stay on device until a log
+step fetches them.
+"""
+
+from __future__ import annotations
+
+import collections
+import signal
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from research import data
+from research.errors import UserError
+from research.eval import images as image_io
+from research.eval import run as eval_run
+from research.train import setup
+from research.train import sharding as shd
+from research.train import state as state_lib
+from research.train.metrics_writer import MetricsWriter, format_progress
+from research.train.optim import make_schedule
+from research.train.step import StepConfig, make_train_step
+
+
+# Steps dispatched ahead of the devices. The loop never waits on the step it just dispatched, only
+# on the one this many steps back, so the devices stay busy while the host cannot run unboundedly
+# ahead (which holds queued batches in memory and can deadlock XLA:CPU's in-process collectives).
+MAX_STEPS_IN_FLIGHT = 2
+
+
+class NonFiniteError(UserError):
+  """The loss or a gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+class Preemption:
+  """SIGTERM -> save at the current step and exit cleanly.
+
+  With several processes, JAX's preemption service (on after `jax.distributed.initialize`) catches
+  SIGTERM and agrees on one step for every process; alone, a Python signal handler sets a flag.
+  """
+
+  def __init__(self):
+    self.flag = False
+    self.multi = jax.process_count() > 1
+    if not self.multi:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.flag
+
+  def restore(self) -> None:
+    if not self.multi:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def step_config(config: ml_collections.ConfigDict) -> StepConfig:
+  return StepConfig(
+    ema_decay=float(config.train.ema_decay),
+    grad_accum=int(config.train.grad_accum),
+    part_steps=tuple(sorted(config.train.part_steps.to_dict().items())),
+  )
+
+
+def _check_finite(state: state_lib.TrainState, exp: setup.Experiment, at_step: int) -> None:
+  bad_step = int(jax.device_get(state.nonfinite_step))
+  if bad_step < 0:
+    return
+  name = state_lib.nonfinite_metric_names(exp.task.parts)[int(jax.device_get(state.nonfinite_metric))]
+  exp.checkpointer.wait()
+  last = exp.checkpointer.latest_step()
+  raise NonFiniteError(
+    f"{name} became non-finite at step {bad_step + 1} (run stopped at step {at_step}); "
+    f"the last good checkpoint (step {last}) is kept in {exp.checkpointer.directory}; "
+    "lower the learning rate or set config.optim.<part>.grad_clip_norm"
+  )
+
+
+def _write_sample_grid(exp, sample_fn, state, step: int, writer: MetricsWriter) -> None:
+  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 1_000_003)  # fixed: same noise every time
+  out = sample_fn(state.variables(use_ema=exp.config.sample.use_ema), rng)
+  images = np.asarray(multihost_utils.process_allgather(out["images"], tiled=True))
+  if jax.process_index() == 0:
+    image_io.save_grid(images, f"{exp.workdir}/samples/step_{step:07d}.png")
+    writer.image(step, "samples", image_io.grid(images))
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+  """Trains (or resumes) the experiment in `workdir`; returns the final state."""
+  exp = setup.build(config, workdir)
+  tc = config.train
+  start, num_steps = exp.restored_step or 0, tc.num_steps
+  is_main = jax.process_index() == 0
+  state = exp.state
+  if start >= num_steps:
+    print(f"workdir already holds step {start} >= train.num_steps={num_steps}", file=sys.stderr)
+    return state
+
+  batch_sharding = shd.batch_sharding(exp.mesh)
+  train_step = make_train_step(exp.task, exp.optimizers, step_config(config), exp.mesh)
+  step_fn = jax.jit(
+    train_step,
+    donate_argnums=0,
+    in_shardings=(exp.shardings, batch_sharding),
+    out_shardings=(exp.shardings, shd.replicated(exp.mesh)),
+  )
+  grid_size = config.sample.grid_size
+  sample_fn = jax.jit(lambda v, r: exp.task.sample(v, r, grid_size))
+  schedules = {p: make_schedule(config.optim[p], num_steps) for p in exp.task.parts}
+  writer = MetricsWriter(workdir, enabled=is_main)
+  batches = data.train_iterator(
+    config.data,
+    global_batch_size=config.batch_size,
+    sharding=batch_sharding,
+    seed=config.seed,
+    start_step=start,
+  )
+  if is_main:
+    counts = state_lib.param_count(state)
+    print(f"training {config.task.name} {counts} params from step {start} to {num_steps} "
+          f"on {exp.mesh.devices.size} devices, mesh {dict(exp.mesh.shape)}", file=sys.stderr)
+  preemption = Preemption()
+  last_time, last_step = time.time(), start
+  in_flight: collections.deque = collections.deque()
+  try:
+    for step in range(start + 1, num_steps + 1):  # `step` counts completed steps
+      state, metrics = step_fn(state, next(batches))
+      in_flight.append(metrics)
+      if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
+      if step % tc.log_every == 0 or step == num_steps:
+        _check_finite(state, exp, step)
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values.update({f"{p}/lr": float(s(step - 1)) for p, s in schedules.items()})
+        now = time.time()
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        last_time, last_step = now, step
+        if is_main:
+          print(format_progress(step, num_steps, values, rate, config.batch_size), flush=True)
+          writer.scalars(step, {**values, "steps_per_sec": rate})
+          writer.flush()
+      if tc.sample_every and (step % tc.sample_every == 0 or step == num_steps):
+        _write_sample_grid(exp, sample_fn, state, step, writer)
+      if tc.eval_every and step % tc.eval_every == 0:
+        results = eval_run.evaluate_state(exp, state)
+        if is_main:
+          writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
+      preempted = preemption.reached(step)
+      if preempted or step % tc.checkpoint_every == 0 or step == num_steps:
+        _check_finite(state, exp, step)
+        exp.checkpointer.save(step, state, setup.config_dict(config), force=True)
+      if preempted:
+        print(f"SIGTERM: saved step {step}; re-run the same command to resume", file=sys.stderr)
+        break
+  finally:
+    preemption.restore()
+    exp.checkpointer.close()
+    writer.close()
+    if hasattr(batches, "close"):
+      batches.close()
+  return state

@@ -1,0 +1,145 @@
+"""The one training step, shared by every family.
+
+For each part of the state, in the task's order, the step computes that part's loss and gradient
+with respect to its own parameters (the other parts held fixed), applies the part's optimizer and
+updates its EMA. A later part sees the earlier parts' new parameters, so a GAN's generator step sees
+the discriminator it just updated. A part can take several updates per step
+(``train.part_steps``, e.g. WGAN critics) and gradients can be accumulated over micro-batches
+(``train.grad_accum``) inside the jitted function.
+
+Randomness: the run's one key is folded with the step, the part, the repetition and the
+micro-batch. All random draws have global shapes, so with ``jax_threefry_partitionable`` the numbers
+do not depend on how many devices share the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from research.tasks.base import Batch, Metrics, Task
+from research.train import sharding as shd
+from research.train.state import PartState, TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  ema_decay: float = 0.0  # 0 = no EMA
+  grad_accum: int = 1  # micro-batches per step
+  part_steps: tuple[tuple[str, int], ...] = ()  # (part, updates per step); default 1 each
+
+  def updates_of(self, part: str) -> int:
+    return dict(self.part_steps).get(part, 1)
+
+
+def _split_microbatches(batch: Batch, n: int, mesh: Mesh | None) -> Batch:
+  """[B, ...] -> [n, B/n, ...] with micro-batch i = rows i, i+n, ... so each spans all devices."""
+
+  def split(x: jax.Array) -> jax.Array:
+    b = x.shape[0]
+    y = x.reshape(b // n, n, *x.shape[1:]).swapaxes(0, 1)
+    if mesh is not None:
+      y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, P(None, shd.BATCH_AXES)))
+    return y
+
+  return jax.tree.map(split, batch)
+
+
+def _part_grads(
+  task: Task,
+  part: str,
+  state: TrainState,
+  batch: Batch,
+  rng: jax.Array,
+  grad_accum: int,
+  mesh: Mesh | None,
+) -> tuple[jax.Array, Any, Metrics, dict[str, Any]]:
+  """Mean loss, gradient, metrics and updated collections of one part over the micro-batches."""
+  variables = state.variables()
+
+  def loss_fn(params, collections, micro, key):
+    v = {
+      p: {"params": params if p == part else variables[p]["params"], **collections[p]}
+      for p in collections
+    }
+    loss, metrics, updated = task.loss(part, v, micro, key, train=True)
+    new_collections = {p: {**collections[p], **updated.get(p, {})} for p in collections}
+    return loss, (metrics, new_collections)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  collections = {p: s.collections for p, s in state.parts.items()}
+  params = state.parts[part].params
+  if grad_accum == 1:
+    (loss, (metrics, collections)), grads = grad_fn(params, collections, batch, rng)
+    return loss, grads, metrics, collections
+
+  micro = _split_microbatches(batch, grad_accum, mesh)
+
+  def body(carry, xs):
+    loss_sum, grad_sum, metric_sum, colls = carry
+    mb, i = xs
+    (loss, (metrics, colls)), grads = grad_fn(params, colls, mb, jax.random.fold_in(rng, i))
+    add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
+    return (loss_sum + loss, add(grad_sum, grads), add(metric_sum, metrics), colls), None
+
+  (_, (m0, _)), _ = jax.eval_shape(grad_fn, params, collections, jax.tree.map(lambda x: x[0], micro), rng)
+  zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)  # noqa: E731
+  init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros(m0), collections)
+  (loss, grads, metrics, collections), _ = jax.lax.scan(body, init, (micro, jnp.arange(grad_accum)))
+  scale = lambda t: jax.tree.map(lambda x: x / grad_accum, t)  # noqa: E731
+  return loss / grad_accum, scale(grads), scale(metrics), collections
+
+
+def make_train_step(
+  task: Task,
+  optimizers: dict[str, optax.GradientTransformation],
+  config: StepConfig,
+  mesh: Mesh | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The pure step function; `research.train.loop` jits it over the mesh with donated state."""
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    all_metrics: Metrics = {}
+    nonfinite_step, nonfinite_metric = state.nonfinite_step, state.nonfinite_metric
+    for part_index, part in enumerate(task.parts):
+      for rep in range(config.updates_of(part)):
+        key = jax.random.fold_in(jax.random.fold_in(step_key, part_index), rep)
+        loss, grads, metrics, collections = _part_grads(
+          task, part, state, batch, key, config.grad_accum, mesh
+        )
+        ps = state.parts[part]
+        updates, opt_state = optimizers[part].update(grads, ps.opt_state, ps.params)
+        params = optax.apply_updates(ps.params, updates)
+        ema = ps.ema_params
+        if config.ema_decay > 0:
+          d = config.ema_decay
+          ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+        parts = dict(state.parts)
+        parts[part] = PartState(params, opt_state, ema, collections[part])
+        for other in parts:
+          if other != part:
+            parts[other] = parts[other].replace(collections=collections[other])
+        state = state.replace(parts=parts)
+        grad_norm = optax.tree.norm(grads)
+        for i, value in enumerate((loss, grad_norm)):
+          bad = (nonfinite_step < 0) & ~jnp.isfinite(value)
+          nonfinite_metric = jnp.where(bad, 2 * part_index + i, nonfinite_metric)
+          nonfinite_step = jnp.where(bad, state.step, nonfinite_step)
+        # Metrics of the part's last update in this step.
+        all_metrics.update({f"{part}/{k}": v for k, v in metrics.items()})
+        all_metrics[f"{part}/loss"] = loss
+        all_metrics[f"{part}/grad_norm"] = grad_norm
+        all_metrics[f"{part}/param_norm"] = optax.tree.norm(params)
+        all_metrics[f"{part}/update_norm"] = optax.tree.norm(updates)
+    state = state.replace(
+      step=state.step + 1, nonfinite_step=nonfinite_step, nonfinite_metric=nonfinite_metric
+    )
+    return state, all_metrics
+
+  return train_step
