@@ -214,13 +214,15 @@ def test_resume_matches_across_epoch_boundaries(offline_dir, sharding):
   kwargs = {"global_batch_size": 16, "sharding": sharding, "seed": 7}
   full = _take(data.train_iterator(config, **kwargs), 8)
   resumed = _take(data.train_iterator(config, start_step=3, **kwargs), 5)
-  for want, got in zip(full[3:], resumed):
+  for want, got in zip(full[3:], resumed, strict=True):
     for key in ("image", "label"):
       np.testing.assert_array_equal(got[key], want[key])
-  # Flips happen (same order without them, some images mirrored) and differ between epochs.
+  # Flips happen: same order without them, but some images mirrored.
   config.random_flip = False
   plain = _take(data.train_iterator(config, **kwargs), 8)
-  flipped = [(f["image"] != p["image"]).any(axis=(1, 2, 3)) for f, p in zip(full, plain)]
+  flipped = [
+    (f["image"] != p["image"]).any(axis=(1, 2, 3)) for f, p in zip(full, plain, strict=True)
+  ]
   assert 0.2 < np.concatenate(flipped).mean() < 0.8
   np.testing.assert_array_equal(full[0]["label"], plain[0]["label"])
   # The stream is continuous: each 40-example epoch is a permutation of the split.

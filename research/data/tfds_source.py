@@ -64,7 +64,6 @@ def import_tfds() -> Any:
       "the data pipeline needs tensorflow_datasets; run `pip install tensorflow-datasets`"
     ) from None
   tfds.disable_progress_bar()
-  logging.getLogger("absl").setLevel(logging.ERROR)
   return tfds
 
 

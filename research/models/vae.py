@@ -32,7 +32,7 @@ class _VAE(nn.Module):
 
 @MODELS.register("conv_vae")
 class ConvVAE(_VAE):
-  """Strided-conv encoder, transposed-conv decoder; works for any H, W divisible by 2**len(channels)."""
+  """Strided-conv encoder, resize-conv decoder, for any H, W divisible by 2**len(channels)."""
 
   image_shape: tuple[int, int, int]  # H, W, C (set by the task from the dataset)
   out_params: int = 1
@@ -55,13 +55,10 @@ class ConvVAE(_VAE):
     self.enc_out = nn.Dense(2 * self.latent_dim, dtype=jnp.float32)
     self.dec_hidden = nn.Dense(self.hidden, dtype=dt)
     self.dec_low = nn.Dense(math.prod(self._low), dtype=dt)
-    self.dec_convs = [
-      nn.ConvTranspose(c, (4, 4), strides=(2, 2), padding="SAME", dtype=dt)
-      for c in reversed(self.channels[:-1])
-    ]
-    self.dec_last = nn.ConvTranspose(
-      self.channels[0], (4, 4), strides=(2, 2), padding="SAME", dtype=dt
-    )
+    # Resize-convolutions (nearest x2, then 3x3) rather than transposed convolutions: no
+    # checkerboard artefacts (Odena et al. 2016), and XLA:CPU runs them ~10x faster.
+    up_channels = (*reversed(self.channels[:-1]), self.channels[0])
+    self.dec_convs = [nn.Conv(c, (3, 3), padding="SAME", dtype=dt) for c in up_channels]
     self.dec_out = nn.Conv(self.image_shape[2] * self.out_params, (3, 3), padding="SAME")
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -76,8 +73,9 @@ class ConvVAE(_VAE):
     h = nn.gelu(self.dec_hidden(z))
     h = nn.gelu(self.dec_low(h)).reshape(z.shape[0], *self._low)
     for conv in self.dec_convs:
+      b, height, width, c = h.shape
+      h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
       h = nn.gelu(conv(h))
-    h = nn.gelu(self.dec_last(h))
     return self.dec_out(h).astype(jnp.float32)
 
 

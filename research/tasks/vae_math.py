@@ -47,19 +47,21 @@ def discretized_logistic_log_prob(
   inv_scale = jnp.exp(-log_scale)
   plus = inv_scale * (x - mean + half_bin)
   minus = inv_scale * (x - mean - half_bin)
-  log_cdf_plus = jax.nn.log_sigmoid(plus)  # log F(x + half bin): the lowest bin
-  log_one_minus_cdf_minus = jax.nn.log_sigmoid(-minus)  # log (1 - F(x - half bin)): the highest bin
-  # log(F(plus) - F(minus)) computed stably as log F(plus) + log(1 - exp(log F(minus) - log F(plus))).
-  log_cdf_minus = jax.nn.log_sigmoid(minus)
-  diff = jnp.minimum(log_cdf_minus - log_cdf_plus, -1e-12)
-  log_mid = log_cdf_plus + jnp.log(-jnp.expm1(diff))
-  # Far in a tail the difference underflows; use the density at the centre times the bin width.
+  # The mass of an inner bin, F(plus) - F(minus), in log space without cancellation: below the mean
+  # as log F(plus) + log(1 - F(minus)/F(plus)), above it as the same with the upper tails
+  # 1 - F = sigmoid(-.). Both are exact; each is accurate on its own side.
+  low_a, low_b = jax.nn.log_sigmoid(plus), jax.nn.log_sigmoid(minus)
+  high_a, high_b = jax.nn.log_sigmoid(-minus), jax.nn.log_sigmoid(-plus)
+  below = x < mean
+  a, b = jnp.where(below, low_a, high_a), jnp.where(below, low_b, high_b)
+  diff = jnp.minimum(b - a, -1e-30)
+  log_mid = a + jnp.log(-jnp.expm1(diff))
+  # A bin far narrower than the scale: the difference underflows; use density x bin width.
   centre = inv_scale * (x - mean)
   log_pdf_mid = centre - log_scale - 2.0 * jax.nn.softplus(centre) + jnp.log(2 * half_bin)
-  log_mid = jnp.where(diff > -1e-5, log_pdf_mid, log_mid)
-  lp = jnp.where(
-    x < -1 + half_bin, log_cdf_plus, jnp.where(x > 1 - half_bin, log_one_minus_cdf_minus, log_mid)
-  )
+  log_mid = jnp.where(diff > -1e-6, log_pdf_mid, log_mid)
+  # Edge bins extend to -inf (level 0) and +inf (level 255).
+  lp = jnp.where(x < -1 + half_bin, low_a, jnp.where(x > 1 - half_bin, high_a, log_mid))
   return jnp.sum(lp.reshape(lp.shape[0], -1), axis=-1)
 
 
