@@ -37,7 +37,7 @@ def run_main(workdir: str, data_dir: str, *flags: str, devices: int = 1, check: 
 
 
 def final_params(workdir: str, data_dir: str, *overrides: str, config: str = TINY) -> dict:
-  """Parameters of the latest checkpoint in `workdir`, restored in this process onto 1 device."""
+  """Parameters of the latest checkpoint in `workdir`, restored in this process onto its 8 devices."""
   from ml_collections import config_flags  # noqa: F401
   from research.train import setup
   from tests.configs import vae_tiny
@@ -47,7 +47,6 @@ def final_params(workdir: str, data_dir: str, *overrides: str, config: str = TIN
   for o in overrides:
     key, value = o.removeprefix("--config.").split("=", 1)
     _set(cfg, key, value)
-  cfg.mesh.data = 1
   exp = setup.build(cfg, workdir, require_checkpoint=True)
   return {
     "step": exp.restored_step,
