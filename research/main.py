@@ -19,7 +19,9 @@ from ml_collections import config_flags  # noqa: E402
 
 from research.errors import UserError  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file.", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://).", required=True)
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -48,6 +50,32 @@ def _init_jax() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _one_line(e: BaseException) -> str:
+  text = str(e)
+  if len(text) > 1 and text[0] == text[-1] == "'":  # AttributeError wraps its message in quotes
+    text = text[1:-1]
+  text = text.replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+  return " ".join(text.split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with config-file and override problems as one-line errors."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.task  # noqa: B018  (a config file that failed to load raises here)
+    return rest
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+  except flags.Error as e:
+    print(f"error: {_one_line(e)}; see --helpfull", file=sys.stderr)
+  except AttributeError as e:
+    print(f"error: unknown config key in an override: {_one_line(e)}", file=sys.stderr)
+  except (OSError, KeyError, TypeError, ValueError) as e:
+    print(f"error: could not load the config: {_one_line(e)}", file=sys.stderr)
+  sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -67,4 +95,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -7,7 +7,8 @@ with a decorator when their package is imported (`research.tasks`, `research.mod
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from research.errors import UserError
 

@@ -14,7 +14,14 @@ TINY = os.path.join(REPO, "tests", "configs", "vae_tiny.py")
 
 
 def main_command(workdir: str, *flags: str, config: str = TINY) -> list[str]:
-  return [sys.executable, "-m", "research.main", f"--config={config}", f"--workdir={workdir}", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "research.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *flags,
+  ]
 
 
 def subprocess_env(data_dir: str, devices: int = 1, **extra: str) -> dict[str, str]:
@@ -26,11 +33,24 @@ def subprocess_env(data_dir: str, devices: int = 1, **extra: str) -> dict[str, s
   return env
 
 
-def run_main(workdir: str, data_dir: str, *flags: str, devices: int = 1, check: bool = True,
-             config: str = TINY, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_main(
+  workdir: str,
+  data_dir: str,
+  *flags: str,
+  devices: int = 1,
+  check: bool = True,
+  config: str = TINY,
+  timeout: int = 300,
+) -> subprocess.CompletedProcess:
   cmd = main_command(workdir, f"--config.data.data_dir={data_dir}", *flags, config=config)
-  proc = subprocess.run(cmd, env=subprocess_env(data_dir, devices), capture_output=True,
-                        text=True, timeout=timeout, cwd=REPO)
+  proc = subprocess.run(
+    cmd,
+    env=subprocess_env(data_dir, devices),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    cwd=REPO,
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
   return proc
@@ -39,6 +59,7 @@ def run_main(workdir: str, data_dir: str, *flags: str, devices: int = 1, check: 
 def final_params(workdir: str, data_dir: str, *overrides: str, config: str = TINY) -> dict:
   """Parameters of the latest checkpoint in `workdir`, restored in this process onto its 8 devices."""
   from ml_collections import config_flags  # noqa: F401
+
   from research.train import setup
   from tests.configs import vae_tiny
 

@@ -20,7 +20,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
-TPU_SCRIPTS = ["tpu_create.sh", "tpu_setup.sh", "tpu_run.sh", "tpu_logs.sh", "tpu_stop.sh", "tpu_delete.sh"]
+TPU_SCRIPTS = [
+  "tpu_create.sh",
+  "tpu_setup.sh",
+  "tpu_run.sh",
+  "tpu_logs.sh",
+  "tpu_stop.sh",
+  "tpu_delete.sh",
+]
 ALL_SCRIPTS = TPU_SCRIPTS + ["gpu_local.sh"]
 SYS_PATH = "/usr/local/bin:/usr/bin:/bin"
 TPU = ["compute", "tpus", "tpu-vm"]
@@ -30,7 +37,7 @@ LIBTPU = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 TRICKY_ARGS = [
   "--config=experiments/vae_mnist.py:runlocal,batch=8",
   "--workdir=gs://bucket/runs/my run",
-  "--config.note=it's $HOME \"q\" `x` a;b & c",
+  '--config.note=it\'s $HOME "q" `x` a;b & c',
   "--config.optim.lr=1e-3",
 ]
 
@@ -86,9 +93,13 @@ def env(tmp_path):
 
 def run(script, *args, env, extra_env=None, check=True):
   e = dict(env, **(extra_env or {}))
-  p = subprocess.run(["bash", str(LAUNCH / script), *args], env=e, capture_output=True, text=True, timeout=30)
+  p = subprocess.run(
+    ["bash", str(LAUNCH / script), *args], env=e, capture_output=True, text=True, timeout=30
+  )
   if check and p.returncode != 0:
-    raise AssertionError(f"{script} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+    raise AssertionError(
+      f"{script} exited {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+    )
   return p
 
 
@@ -145,8 +156,16 @@ def test_dry_run_prints_instead_of_running(env):
   p = run("tpu_create.sh", "pod", "--dry-run", env=env, extra_env={"PROJECT": "my project"})
   assert calls(env) == []
   (line,) = p.stdout.splitlines()
-  assert shlex.split(line) == ["gcloud", *TPU, "create", "pod", "--accelerator-type=v4-32",
-                               "--version=tpu-ubuntu2204-base", "--zone=us-central2-b", "--project=my project"]
+  assert shlex.split(line) == [
+    "gcloud",
+    *TPU,
+    "create",
+    "pod",
+    "--accelerator-type=v4-32",
+    "--version=tpu-ubuntu2204-base",
+    "--zone=us-central2-b",
+    "--project=my project",
+  ]
   p = run("tpu_run.sh", "pod", "--", *TRICKY_ARGS, env=env, extra_env={"DRY_RUN": "1"})
   assert calls(env) == []
   assert shlex.split(p.stdout)[:5] == ["gcloud", *TPU, "ssh"]
@@ -157,21 +176,62 @@ def test_dry_run_prints_instead_of_running(env):
 
 def test_create_defaults(env):
   run("tpu_create.sh", "my-pod", env=env)
-  assert only_call(env) == TPU + ["create", "my-pod", "--accelerator-type=v4-32",
-                                  "--version=tpu-ubuntu2204-base", "--zone=us-central2-b"]
+  assert only_call(env) == TPU + [
+    "create",
+    "my-pod",
+    "--accelerator-type=v4-32",
+    "--version=tpu-ubuntu2204-base",
+    "--zone=us-central2-b",
+  ]
 
 
 def test_create_from_env_and_flags(env):
-  extra = {"ZONE": "europe-west4-a", "ACCELERATOR_TYPE": "v3-32", "PROJECT": "proj", "PREEMPTIBLE": "1",
-           "GCLOUD_FLAGS": "--verbosity=error"}
+  extra = {
+    "ZONE": "europe-west4-a",
+    "ACCELERATOR_TYPE": "v3-32",
+    "PROJECT": "proj",
+    "PREEMPTIBLE": "1",
+    "GCLOUD_FLAGS": "--verbosity=error",
+  }
   run("tpu_create.sh", "pod", env=env, extra_env=extra)
-  run("tpu_create.sh", "--zone", "us-west4-a", "pod2", "--accelerator-type=v5litepod-16",
-      "--version=v2-alpha-tpuv5-lite", "--spot", "--", "--network=my-net", env=env, extra_env=extra)
+  run(
+    "tpu_create.sh",
+    "--zone",
+    "us-west4-a",
+    "pod2",
+    "--accelerator-type=v5litepod-16",
+    "--version=v2-alpha-tpuv5-lite",
+    "--spot",
+    "--",
+    "--network=my-net",
+    env=env,
+    extra_env=extra,
+  )
   assert calls(env) == [
-    TPU + ["create", "pod", "--accelerator-type=v3-32", "--version=tpu-ubuntu2204-base", "--preemptible",
-           "--zone=europe-west4-a", "--project=proj", "--verbosity=error"],
-    TPU + ["create", "pod2", "--accelerator-type=v5litepod-16", "--version=v2-alpha-tpuv5-lite", "--spot",
-           "--preemptible", "--network=my-net", "--zone=us-west4-a", "--project=proj", "--verbosity=error"],
+    TPU
+    + [
+      "create",
+      "pod",
+      "--accelerator-type=v3-32",
+      "--version=tpu-ubuntu2204-base",
+      "--preemptible",
+      "--zone=europe-west4-a",
+      "--project=proj",
+      "--verbosity=error",
+    ],
+    TPU
+    + [
+      "create",
+      "pod2",
+      "--accelerator-type=v5litepod-16",
+      "--version=v2-alpha-tpuv5-lite",
+      "--spot",
+      "--preemptible",
+      "--network=my-net",
+      "--zone=us-west4-a",
+      "--project=proj",
+      "--verbosity=error",
+    ],
   ]
 
 
@@ -204,7 +264,12 @@ def fake_repo(tmp_path):
 
 def test_setup_copies_repo_and_installs(env, fake_repo, tmp_path):
   copied = tmp_path / "copied"
-  run("tpu_setup.sh", "my-pod", env=env, extra_env={"REPO_DIR": str(fake_repo), "FAKE_SCP_COPY": str(copied)})
+  run(
+    "tpu_setup.sh",
+    "my-pod",
+    env=env,
+    extra_env={"REPO_DIR": str(fake_repo), "FAKE_SCP_COPY": str(copied)},
+  )
   scp, ssh = calls(env)
   assert scp[:5] == TPU + ["scp", "--recurse"]
   assert Path(scp[5]).name == "research" and not Path(scp[5]).exists()  # staged copy, cleaned up
@@ -214,15 +279,25 @@ def test_setup_copies_repo_and_installs(env, fake_repo, tmp_path):
 
   assert ssh[:6] == TPU + ["ssh", "my-pod", "--worker=all"]
   cmd = remote_command(ssh)
-  steps = ["cd ~/research", "python3 -m venv ~/venv", ". ~/venv/bin/activate",
-           f"pip install -U 'jax[tpu]' -f {LIBTPU}", "pip install -r requirements-tpu.txt", "pip install -e ."]
+  steps = [
+    "cd ~/research",
+    "python3 -m venv ~/venv",
+    ". ~/venv/bin/activate",
+    f"pip install -U 'jax[tpu]' -f {LIBTPU}",
+    "pip install -r requirements-tpu.txt",
+    "pip install -e .",
+  ]
   positions = [cmd.index(s) for s in steps]
   assert positions == sorted(positions), cmd
   subprocess.run(["bash", "-n", "-c", cmd], check=True)
 
 
 def test_setup_git_clone_mode(env):
-  extra = {"REPO_URL": "https://example.com/me/research.git", "REPO_REF": "my branch", "JAX_TPU_SPEC": "jax[tpu]==0.4.35"}
+  extra = {
+    "REPO_URL": "https://example.com/me/research.git",
+    "REPO_REF": "my branch",
+    "JAX_TPU_SPEC": "jax[tpu]==0.4.35",
+  }
   run("tpu_setup.sh", "pod", env=env, extra_env=extra)
   cmd = remote_command(only_call(env))  # no scp
   assert "git clone https://example.com/me/research.git ~/research" in cmd
@@ -238,7 +313,9 @@ def test_setup_remote_command_is_idempotent(env, fake_repo, tmp_path):
   home, fbin, log = tmp_path / "home", tmp_path / "worker_bin", tmp_path / "worker.log"
   (home / "research").mkdir(parents=True)
   fbin.mkdir()
-  write_exe(fbin / "python3", textwrap.dedent("""\
+  write_exe(
+    fbin / "python3",
+    textwrap.dedent("""\
     #!/bin/bash
     echo "python3 $*" >> "$WORKER_LOG"
     [ "$1 $2" = "-m venv" ] || exit 1
@@ -246,11 +323,14 @@ def test_setup_remote_command_is_idempotent(env, fake_repo, tmp_path):
     echo "export PATH=\\"$3/bin:\\$PATH\\"" > "$3/bin/activate"
     printf '#!/bin/bash\\necho "pip $(basename "$PWD") $*" >> "$WORKER_LOG"\\n' > "$3/bin/pip"
     chmod +x "$3/bin/pip"
-    """))
+    """),
+  )
   write_exe(fbin / "sudo", '#!/bin/bash\necho "sudo $*" >> "$WORKER_LOG"; exit 1\n')
   worker_env = {"HOME": str(home), "PATH": f"{fbin}:{SYS_PATH}", "WORKER_LOG": str(log)}
   for _ in range(2):
-    p = subprocess.run(["bash", "-c", cmd], env=worker_env, capture_output=True, text=True, timeout=10)
+    p = subprocess.run(
+      ["bash", "-c", cmd], env=worker_env, capture_output=True, text=True, timeout=10
+    )
     assert p.returncode == 0, p.stderr
     assert "setup done on" in p.stdout
   pip_runs = [
@@ -266,14 +346,26 @@ def test_setup_remote_command_is_idempotent(env, fake_repo, tmp_path):
 
 
 def test_run_command(env):
-  run("tpu_run.sh", "pod", "--", *TRICKY_ARGS, env=env, extra_env={"TFDS_DATA_DIR": "gs://b/tensorflow datasets"})
+  run(
+    "tpu_run.sh",
+    "pod",
+    "--",
+    *TRICKY_ARGS,
+    env=env,
+    extra_env={"TFDS_DATA_DIR": "gs://b/tensorflow datasets"},
+  )
   call = only_call(env)
   assert call[:6] == TPU + ["ssh", "pod", "--worker=all"]
   assert call[-1] == "--zone=us-central2-b"
   cmd = remote_command(call)
   assert "cd ~/research && . ~/venv/bin/activate || exit 1" in cmd
-  assert "RESEARCH_DISTRIBUTED=1 TFDS_DATA_DIR='gs://b/tensorflow datasets' nohup python -m research.main " in cmd
-  assert "--config=experiments/vae_mnist.py:runlocal,batch=8 '--workdir=gs://bucket/runs/my run'" in cmd
+  assert (
+    "RESEARCH_DISTRIBUTED=1 TFDS_DATA_DIR='gs://b/tensorflow datasets' nohup python -m research.main "
+    in cmd
+  )
+  assert (
+    "--config=experiments/vae_mnist.py:runlocal,batch=8 '--workdir=gs://bucket/runs/my run'" in cmd
+  )
   assert "> ~/research_run.log 2>&1 < /dev/null &\necho $! > ~/research_run.pid" in cmd
   subprocess.run(["bash", "-n", "-c", cmd], check=True)
 
@@ -302,7 +394,12 @@ def test_stop_command(env):
 
 def test_run_then_stop_on_a_fake_worker(env, tmp_path):
   """Runs the worker-side run/stop commands for real: quoting, pid file, SIGTERM, no double start."""
-  extra = {"TFDS_DATA_DIR": "gs://b/tfds", "PASS_ENV": "MY_FLAG", "MY_FLAG": "a b", "STOP_TIMEOUT": "10"}
+  extra = {
+    "TFDS_DATA_DIR": "gs://b/tfds",
+    "PASS_ENV": "MY_FLAG",
+    "MY_FLAG": "a b",
+    "STOP_TIMEOUT": "10",
+  }
   run("tpu_run.sh", "pod", "--", *TRICKY_ARGS, env=env, extra_env=extra)
   run("tpu_stop.sh", "pod", env=env, extra_env=extra)
   run_cmd, stop_cmd = (remote_command(c) for c in calls(env))
@@ -312,10 +409,17 @@ def test_run_then_stop_on_a_fake_worker(env, tmp_path):
   (home / "venv" / "bin").mkdir(parents=True)
   (home / "venv" / "bin" / "activate").write_text('export PATH="$HOME/venv/bin:$PATH"\n')
   write_exe(home / "venv" / "bin" / "python", FAKE_PYTHON.format(python=sys.executable))
-  worker_env = {"HOME": str(home), "PATH": SYS_PATH, "FAKE_PYTHON_OUT": str(out), "FAKE_PYTHON_WAIT": "1"}
+  worker_env = {
+    "HOME": str(home),
+    "PATH": SYS_PATH,
+    "FAKE_PYTHON_OUT": str(out),
+    "FAKE_PYTHON_WAIT": "1",
+  }
 
   def worker(cmd):
-    return subprocess.run(["bash", "-c", cmd], env=worker_env, capture_output=True, text=True, timeout=15)
+    return subprocess.run(
+      ["bash", "-c", cmd], env=worker_env, capture_output=True, text=True, timeout=15
+    )
 
   pid = None
   try:
@@ -329,7 +433,11 @@ def test_run_then_stop_on_a_fake_worker(env, tmp_path):
     pid = rec["pid"]
     assert rec["argv"] == ["-m", "research.main", *TRICKY_ARGS]
     assert rec["cwd"] == str(home / "research")
-    assert rec["env"] == {"RESEARCH_DISTRIBUTED": "1", "TFDS_DATA_DIR": "gs://b/tfds", "MY_FLAG": "a b"}
+    assert rec["env"] == {
+      "RESEARCH_DISTRIBUTED": "1",
+      "TFDS_DATA_DIR": "gs://b/tfds",
+      "MY_FLAG": "a b",
+    }
     assert int((home / "research_run.pid").read_text()) == pid
 
     p = worker(run_cmd)  # a second start is refused while the first runs
@@ -357,8 +465,14 @@ def test_logs(env):
   run("tpu_logs.sh", "pod", "all", env=env)
   run("tpu_logs.sh", "pod", "--worker=3", env=env, extra_env={"TAIL_LINES": "5"})
   c0, call_all, c3 = calls(env)
-  assert c0 == TPU + ["ssh", "pod", "--worker=0", "--command", "tail -n 100 -F ~/research_run.log",
-                      "--zone=us-central2-b"]
+  assert c0 == TPU + [
+    "ssh",
+    "pod",
+    "--worker=0",
+    "--command",
+    "tail -n 100 -F ~/research_run.log",
+    "--zone=us-central2-b",
+  ]
   assert "--worker=all" in call_all
   assert "--worker=3" in c3 and remote_command(c3) == "tail -n 5 -F ~/research_run.log"
 
@@ -370,17 +484,24 @@ def test_gpu_local_execs_research_main(env, tmp_path):
   out = tmp_path / "python.json"
   fake = write_exe(tmp_path / "bin" / "python", FAKE_PYTHON.format(python=sys.executable))
   e = dict(env, FAKE_PYTHON_OUT=str(out), CUDA_VISIBLE_DEVICES="1")
-  subprocess.run(["bash", str(LAUNCH / "gpu_local.sh"), *TRICKY_ARGS], env=e, check=True, timeout=30)
+  subprocess.run(
+    ["bash", str(LAUNCH / "gpu_local.sh"), *TRICKY_ARGS], env=e, check=True, timeout=30
+  )
   rec = json.loads(out.read_text())
   assert rec["argv"] == ["-m", "research.main", *TRICKY_ARGS]
-  assert rec["env"] == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9", "TF_CPP_MIN_LOG_LEVEL": "3",
-                        "CUDA_VISIBLE_DEVICES": "1"}
+  assert rec["env"] == {
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.9",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "CUDA_VISIBLE_DEVICES": "1",
+  }
 
   out.unlink()
   fake.rename(tmp_path / "my_python")  # PYTHON picks the interpreter; presets are kept
   e.update(PYTHON=str(tmp_path / "my_python"), XLA_PYTHON_CLIENT_MEM_FRACTION="0.5")
   del e["CUDA_VISIBLE_DEVICES"]
-  subprocess.run(["bash", str(LAUNCH / "gpu_local.sh"), "--workdir=w"], env=e, check=True, timeout=30)
+  subprocess.run(
+    ["bash", str(LAUNCH / "gpu_local.sh"), "--workdir=w"], env=e, check=True, timeout=30
+  )
   rec = json.loads(out.read_text())
   assert rec["argv"] == ["-m", "research.main", "--workdir=w"]
   assert rec["env"] == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5", "TF_CPP_MIN_LOG_LEVEL": "3"}

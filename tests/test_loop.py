@@ -40,8 +40,11 @@ def _leaves(tree):
 def _start(workdir, data_dir, *flags, devices=1):
   cmd = main_command(workdir, f"--config.data.data_dir={data_dir}", *flags)
   return subprocess.Popen(
-    cmd, env=subprocess_env(data_dir, devices), stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT, text=True,
+    cmd,
+    env=subprocess_env(data_dir, devices),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
   )
 
 
@@ -77,7 +80,9 @@ def test_sigterm_saves_and_resumes_to_the_same_parameters(tmp_path, data_dir, re
     _assert_same(final_params(workdir, data_dir), reference)
 
 
-def test_sigkill_at_any_moment_resumes_from_the_last_complete_checkpoint(tmp_path, data_dir, reference):
+def test_sigkill_at_any_moment_resumes_from_the_last_complete_checkpoint(
+  tmp_path, data_dir, reference
+):
   workdir = str(tmp_path)
   proc = _start(workdir, data_dir, STEPS)
   # The checkpoint of step 8 is written asynchronously right after its log line: kill then.
@@ -107,9 +112,12 @@ def test_sample_and_eval_write_their_files(tmp_path, data_dir):
   workdir = str(tmp_path)
   run_main(workdir, data_dir, "--config.train.num_steps=4", "--config.train.sample_every=2")
   assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
-    "step_0000002.png", "step_0000004.png"
+    "step_0000002.png",
+    "step_0000004.png",
   ]
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert any(
+    f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard"))
+  )
   run_main(workdir, data_dir, "--mode=sample")
   with np.load(os.path.join(workdir, "samples.npz")) as f:
     images = f["images"]
@@ -128,18 +136,30 @@ def test_two_processes_reach_the_same_parameters_as_one(tmp_path, data_dir):
 
   Global batch = the whole 64-example split, unshuffled, so both layouts see identical batches.
   """
-  flags = [STEPS, "--config.data.split=train[:64]", "--config.batch_size=64",
-           "--config.data.shuffle_buffer=0", "--config.train.checkpoint_every=6"]
+  flags = [
+    STEPS,
+    "--config.data.split=train[:64]",
+    "--config.batch_size=64",
+    "--config.data.shuffle_buffer=0",
+    "--config.train.checkpoint_every=6",
+  ]
   single = str(tmp_path / "single")
   run_main(single, data_dir, *flags, devices=4)
   multi = str(tmp_path / "multi")
   port = portpicker.pick_unused_port()
   procs = [
     subprocess.Popen(
-      main_command(multi, f"--config.data.data_dir={data_dir}", *flags,
-                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                   f"--process_id={i}"),
-      env=subprocess_env(data_dir, devices=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      main_command(
+        multi,
+        f"--config.data.data_dir={data_dir}",
+        *flags,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      env=subprocess_env(data_dir, devices=2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
       text=True,
     )
     for i in range(2)
@@ -161,6 +181,10 @@ def test_two_processes_reach_the_same_parameters_as_one(tmp_path, data_dir):
     (["--config.batch_size=30"], "does not divide by the 4 devices"),
     (["--config.data.name=cifar10", "--config.data.data_dir={empty}"], "not prepared"),
     (["--mode=eval"], "no checkpoint"),
+    (["--config.train.num_stepz=3"], 'Did you mean "num_steps"'),
+    (["--config.train.num_steps=abc"], "--config.train.num_steps=abc"),
+    (["--config.optim.model.schedule=cosinus"], "unknown schedule 'cosinus'"),
+    (["--config.task.likelihood=gaussian"], "unknown likelihood 'gaussian'"),
   ],
 )
 def test_bad_input_gets_a_one_line_error(tmp_path, data_dir, flags, expected):
@@ -172,6 +196,16 @@ def test_bad_input_gets_a_one_line_error(tmp_path, data_dir, flags, expected):
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_file_or_argument_gets_a_one_line_error(tmp_path):
+  for config, expected in [
+    ("experiments/nope.py", "No such file"),
+    ("experiments/vae_mnist.py:runlocl", "unknown config argument 'runlocl'"),
+  ]:
+    proc = run_main(str(tmp_path), str(tmp_path), config=config, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stderr
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, data_dir):

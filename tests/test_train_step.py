@@ -55,7 +55,9 @@ def test_eight_fake_devices():
   assert jax.device_count() == 8
 
 
-@pytest.mark.parametrize("layout", [dict(data=8, fsdp=1), dict(data=1, fsdp=8), dict(data=2, fsdp=4)])
+@pytest.mark.parametrize(
+  "layout", [dict(data=8, fsdp=1), dict(data=1, fsdp=8), dict(data=2, fsdp=4)]
+)
 def test_sharded_step_equals_one_device(layout):
   task, batches = RegressionTask(), _batches(4)
   one, one_m = _run(task, shd.make_mesh(devices=jax.devices()[:1]), batches)
@@ -125,7 +127,9 @@ def test_each_part_updates_only_its_own_parameters():
 def test_part_steps_repeat_updates():
   task, mesh = TwoPlayerTask(), shd.make_mesh()
   state, _ = _run(task, mesh, _batches(2), config=StepConfig(part_steps=(("disc", 3),)))
-  state, _ = _run(task, mesh, _batches(2), config=StepConfig(part_steps=(("disc", 3),)), opt=optax.adam)
+  state, _ = _run(
+    task, mesh, _batches(2), config=StepConfig(part_steps=(("disc", 3),)), opt=optax.adam
+  )
   counts = {p: int(state.parts[p].opt_state[0].count) for p in task.parts}
   assert counts == {"disc": 6, "gen": 2}
 

@@ -63,7 +63,10 @@ class TwoPlayerTask:
 
   def init(self, rng, batch):
     g, d = jax.random.split(rng)
-    return {"gen": self.gen.init(g, jnp.zeros((1, 4))), "disc": self.disc.init(d, jnp.zeros((1, 2)))}
+    return {
+      "gen": self.gen.init(g, jnp.zeros((1, 4))),
+      "disc": self.disc.init(d, jnp.zeros((1, 2))),
+    }
 
   def _fake(self, variables, rng, n):
     return self.gen.apply(variables["gen"], jax.random.normal(rng, (n, 4)))

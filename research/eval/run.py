@@ -53,8 +53,13 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, np.
   variables = exp.state.variables(use_ema=config.sample.use_ema)
   rng = jax.random.fold_in(jax.random.key(config.seed), 3_000_017)
   n = config.sample.num_samples
-  sample_fn = jax.jit(lambda v, r: exp.task.sample(v, r, n), out_shardings=shd.batch_sharding(exp.mesh))
-  out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in sample_fn(variables, rng).items()}
+  sample_fn = jax.jit(
+    lambda v, r: exp.task.sample(v, r, n), out_shardings=shd.batch_sharding(exp.mesh)
+  )
+  out = {
+    k: np.asarray(multihost_utils.process_allgather(v, tiled=True))
+    for k, v in sample_fn(variables, rng).items()
+  }
   written = []
   if jax.process_index() == 0:
     path = epath.Path(workdir)

@@ -8,7 +8,7 @@ Both networks map an image [B, H, W, C] in [0, 1] to a diagonal-Gaussian posteri
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

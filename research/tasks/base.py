@@ -11,7 +11,8 @@ the non-parameter collections it changed (BatchNorm statistics, spectral-norm ve
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import jax
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -55,7 +56,9 @@ class VAETask:
     if self.likelihood == "bernoulli":
       return vae_math.bernoulli_log_prob(out, target)
     mean, log_scale = jnp.split(out, 2, axis=-1)
-    return vae_math.discretized_logistic_log_prob(jnp.tanh(mean), jnp.maximum(log_scale, -7.0), target)
+    return vae_math.discretized_logistic_log_prob(
+      jnp.tanh(mean), jnp.maximum(log_scale, -7.0), target
+    )
 
   def _mean_image(self, out: jax.Array) -> jax.Array:
     """Decoder output -> the likelihood's mean as uint8 [B, H, W, C]."""

@@ -31,7 +31,9 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """Dotted keys whose values differ, formatted ``key: saved -> current``."""
   a, b = _flatten(saved), _flatten(current)
-  return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  return [
+    f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+  ]
 
 
 class Checkpointer:

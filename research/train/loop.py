@@ -28,7 +28,6 @@ from research.train.metrics_writer import MetricsWriter, format_progress
 from research.train.optim import make_schedule
 from research.train.step import StepConfig, make_train_step
 
-
 # Steps dispatched ahead of the devices. The loop never waits on the step it just dispatched, only
 # on the one this many steps back, so the devices stay busy while the host cannot run unboundedly
 # ahead (which holds queued batches in memory and can deadlock XLA:CPU's in-process collectives).
@@ -77,7 +76,9 @@ def _check_finite(state: state_lib.TrainState, exp: setup.Experiment, at_step: i
   bad_step = int(jax.device_get(state.nonfinite_step))
   if bad_step < 0:
     return
-  name = state_lib.nonfinite_metric_names(exp.task.parts)[int(jax.device_get(state.nonfinite_metric))]
+  name = state_lib.nonfinite_metric_names(exp.task.parts)[
+    int(jax.device_get(state.nonfinite_metric))
+  ]
   exp.checkpointer.wait()
   last = exp.checkpointer.latest_step()
   raise NonFiniteError(
@@ -88,7 +89,9 @@ def _check_finite(state: state_lib.TrainState, exp: setup.Experiment, at_step: i
 
 
 def _write_sample_grid(exp, sample_fn, state, step: int, writer: MetricsWriter) -> None:
-  rng = jax.random.fold_in(jax.random.key(exp.config.seed), 1_000_003)  # fixed: same noise every time
+  rng = jax.random.fold_in(
+    jax.random.key(exp.config.seed), 1_000_003
+  )  # fixed: same noise every time
   out = sample_fn(state.variables(use_ema=exp.config.sample.use_ema), rng)
   images = np.asarray(multihost_utils.process_allgather(out["images"], tiled=True))
   if jax.process_index() == 0:
@@ -128,8 +131,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   )
   if is_main:
     counts = state_lib.param_count(state)
-    print(f"training {config.task.name} {counts} params from step {start} to {num_steps} "
-          f"on {exp.mesh.devices.size} devices, mesh {dict(exp.mesh.shape)}", file=sys.stderr)
+    print(
+      f"training {config.task.name} {counts} params from step {start} to {num_steps} "
+      f"on {exp.mesh.devices.size} devices, mesh {dict(exp.mesh.shape)}",
+      file=sys.stderr,
+    )
   preemption = Preemption()
   last_time, last_step = time.time(), start
   in_flight: collections.deque = collections.deque()

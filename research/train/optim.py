@@ -7,14 +7,17 @@ linear), ``warmup_steps``, ``decay_steps`` (0 = the run's ``train.num_steps``), 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optax
 
 from research.errors import UserError
 
 _OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
-  "adam": lambda lr, c: optax.adam(lr, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999), eps=c.get("eps", 1e-8)),
+  "adam": lambda lr, c: optax.adam(
+    lr, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999), eps=c.get("eps", 1e-8)
+  ),
   "adamw": lambda lr, c: optax.adamw(
     lr,
     b1=c.get("b1", 0.9),
@@ -36,7 +39,9 @@ def make_schedule(c: Any, num_steps: int) -> optax.Schedule:
   if kind == "constant":
     main = optax.constant_schedule(lr)
   elif kind == "cosine":
-    main = optax.cosine_decay_schedule(lr, max(decay_steps - warmup, 1), alpha=end / lr if lr else 0.0)
+    main = optax.cosine_decay_schedule(
+      lr, max(decay_steps - warmup, 1), alpha=end / lr if lr else 0.0
+    )
   elif kind == "linear":
     main = optax.linear_schedule(lr, end, max(decay_steps - warmup, 1))
   else:

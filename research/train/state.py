@@ -8,7 +8,8 @@ each parameter directly on its devices (no host copy of the full model, as FSDP 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax

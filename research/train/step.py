@@ -15,12 +15,14 @@ do not depend on how many devices share the batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from research.tasks.base import Batch, Metrics, Task
 from research.train import sharding as shd
@@ -87,7 +89,9 @@ def _part_grads(
     add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
     return (loss_sum + loss, add(grad_sum, grads), add(metric_sum, metrics), colls), None
 
-  (_, (m0, _)), _ = jax.eval_shape(grad_fn, params, collections, jax.tree.map(lambda x: x[0], micro), rng)
+  (_, (m0, _)), _ = jax.eval_shape(
+    grad_fn, params, collections, jax.tree.map(lambda x: x[0], micro), rng
+  )
   zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)  # noqa: E731
   init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros(m0), collections)
   (loss, grads, metrics, collections), _ = jax.lax.scan(body, init, (micro, jnp.arange(grad_accum)))
@@ -119,7 +123,7 @@ def make_train_step(
         ema = ps.ema_params
         if config.ema_decay > 0:
           d = config.ema_decay
-          ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+          ema = jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
         parts = dict(state.parts)
         parts[part] = PartState(params, opt_state, ema, collections[part])
         for other in parts:
