@@ -110,14 +110,21 @@ def test_restore_onto_a_different_device_count(tmp_path, data_dir, reference):
 
 def test_sample_and_eval_write_their_files(tmp_path, data_dir):
   workdir = str(tmp_path)
-  run_main(workdir, data_dir, "--config.train.num_steps=4", "--config.train.sample_every=2")
+  run_main(
+    workdir,
+    data_dir,
+    "--config.train.num_steps=4",
+    "--config.train.sample_every=2",
+    "--config.train.eval_every=4",
+  )
   assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
     "step_0000002.png",
     "step_0000004.png",
   ]
-  assert any(
-    f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard"))
-  )
+  events = [f for f in os.listdir(os.path.join(workdir, "tensorboard")) if "tfevents" in f]
+  assert len(events) == 1
+  tags = _event_tags(os.path.join(workdir, "tensorboard", events[0]))
+  assert {"model/loss", "model/grad_norm", "model/lr", "eval/iwae8_nll_nats", "samples"} <= tags
   run_main(workdir, data_dir, "--mode=sample")
   with np.load(os.path.join(workdir, "samples.npz")) as f:
     images = f["images"]
@@ -129,6 +136,12 @@ def test_sample_and_eval_write_their_files(tmp_path, data_dir):
   assert results["step"] == 4
   assert results["neg_elbo_nats"] >= results["iwae8_nll_nats"] > 0
   assert '"iwae8_nll_nats"' in proc.stdout
+
+
+def _event_tags(path):
+  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+  return {v.tag for event in EventFileLoader(path).Load() for v in event.summary.value}
 
 
 def test_two_processes_reach_the_same_parameters_as_one(tmp_path, data_dir):
