@@ -155,8 +155,8 @@ def test_ema_follows_the_parameters():
 
 def test_nonfinite_loss_is_recorded_with_its_step():
   class Explodes(RegressionTask):
-    def loss(self, part, variables, batch, rng, *, train):
-      loss, m, u = super().loss(part, variables, batch, rng, train=train)
+    def loss(self, part, variables, batch, rng, *, train, step=None):
+      loss, m, u = super().loss(part, variables, batch, rng, train=train, step=step)
       return jnp.where(batch["label"][0] == 99, jnp.nan, loss), m, u
 
   batches = _batches(5)

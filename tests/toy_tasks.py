@@ -43,7 +43,7 @@ class RegressionTask:
   def init(self, rng, batch):
     return {"model": self.net.init(rng, _flat(batch), train=False)}
 
-  def loss(self, part, variables, batch, rng, *, train):
+  def loss(self, part, variables, batch, rng, *, train, step=None):
     x = _flat(batch) + 0.01 * jax.random.normal(rng, _flat(batch).shape)
     pred, updated = self.net.apply(variables["model"], x, train=True, mutable=["batch_stats"])
     loss = jnp.mean((pred[:, 0] - batch["label"].astype(jnp.float32)) ** 2)
@@ -71,7 +71,7 @@ class TwoPlayerTask:
   def _fake(self, variables, rng, n):
     return self.gen.apply(variables["gen"], jax.random.normal(rng, (n, 4)))
 
-  def loss(self, part, variables, batch, rng, *, train):
+  def loss(self, part, variables, batch, rng, *, train, step=None):
     real = batch["point"]
     fake = self._fake(variables, rng, real.shape[0])
     if part == "disc":
@@ -96,7 +96,7 @@ class LinearTask:
   def init(self, rng, batch):
     return {"model": self.net.init(rng, _flat(batch))}
 
-  def loss(self, part, variables, batch, rng, *, train):
+  def loss(self, part, variables, batch, rng, *, train, step=None):
     pred = self.net.apply(variables["model"], _flat(batch))[:, 0]
     loss = jnp.mean((pred - batch["label"].astype(jnp.float32)) ** 2)
     return loss, {"mse": loss}, {}

@@ -30,9 +30,19 @@ class Task(Protocol):
     """Variables of every part, from an example batch (shapes only matter)."""
 
   def loss(
-    self, part: str, variables: Variables, batch: Batch, rng: jax.Array, *, train: bool
+    self,
+    part: str,
+    variables: Variables,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    train: bool,
+    step: jax.Array,
   ) -> tuple[jax.Array, Metrics, Variables]:
-    """Scalar loss of `part` to minimise, metrics, and the updated non-param collections."""
+    """Scalar loss of `part` to minimise, metrics, and the updated non-param collections.
+
+    `step` (int32 [], completed steps) is for regularisers applied every k steps (lazy R1).
+    """
 
   def sample(self, variables: Variables, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     """``{"images": uint8 [num, H, W, C], optional "labels": int32 [num]}``; jittable."""

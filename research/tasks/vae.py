@@ -90,7 +90,14 @@ class VAETask:
     return {"elbo": log_lik - kl, "log_lik": log_lik, "kl": kl}
 
   def loss(
-    self, part: str, variables: Variables, batch: Batch, rng: jax.Array, *, train: bool
+    self,
+    part: str,
+    variables: Variables,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    train: bool,
+    step: jax.Array | None = None,
   ) -> tuple[jax.Array, Metrics, Variables]:
     terms = self.elbo_terms(variables["model"]["params"], batch["image"], *jax.random.split(rng))
     metrics = {k: jnp.mean(v) for k, v in terms.items()}

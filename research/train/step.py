@@ -69,7 +69,7 @@ def _part_grads(
       p: {"params": params if p == part else variables[p]["params"], **collections[p]}
       for p in collections
     }
-    loss, metrics, updated = task.loss(part, v, micro, key, train=True)
+    loss, metrics, updated = task.loss(part, v, micro, key, train=True, step=state.step)
     new_collections = {p: {**collections[p], **updated.get(p, {})} for p in collections}
     return loss, (metrics, new_collections)
 
