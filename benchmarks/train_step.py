@@ -102,7 +102,9 @@ def benchmark(config, info, steps: int) -> dict:
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  # XLA's cost analysis of a sharded program counts one device's share.
+  flops_per_device = float(cost.get("flops", 0.0)) if cost else 0.0
+  flops = flops_per_device * jax.device_count()
   for _ in range(3):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)

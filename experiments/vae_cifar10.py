@@ -40,7 +40,7 @@ def get_config(arg=None):
   c.train.sample_every = 5_000
   c.train.checkpoint_every = 5_000
   c.train.ema_decay = 0.9995
-  c.eval.batch_size = 500
+  c.eval.batch_size = 512
 
   if arg.runlocal:
     c.batch_size = 32

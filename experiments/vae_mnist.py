@@ -39,7 +39,7 @@ def get_config(arg=None):
   c.train.checkpoint_every = 1_000
   c.train.ema_decay = 0.999
   c.sample.num_samples = 64
-  c.eval.batch_size = 200
+  c.eval.batch_size = 256
 
   if arg.runlocal:
     c.train.num_steps = 600

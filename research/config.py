@@ -33,8 +33,24 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         parsed = ast.literal_eval(value)
       except (ValueError, SyntaxError):
         parsed = value
-    out[key] = type(defaults[key])(parsed) if defaults[key] is not None else parsed
+    out[key] = _convert(key, parsed, defaults[key])
   return out
+
+
+def _convert(key: str, value: Any, default: Any) -> Any:
+  if isinstance(default, bool):
+    words = {"true": True, "1": True, "false": False, "0": False}
+    if isinstance(value, bool):
+      return value
+    if str(value).lower() in words:
+      return words[str(value).lower()]
+    raise UserError(f"config argument {key}={value!r} is not a boolean; use {key}=true or false")
+  if default is None:
+    return value
+  try:
+    return type(default)(value)
+  except (TypeError, ValueError):
+    raise UserError(f"config argument {key}={value!r} is not a {type(default).__name__}") from None
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -74,7 +90,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.optim = ml_collections.ConfigDict()  # {part: {name, learning_rate, schedule, ...}}
   c.sample = ml_collections.ConfigDict({"num_samples": 64, "grid_size": 64, "use_ema": True})
-  c.eval = ml_collections.ConfigDict({"batch_size": 200})
+  c.eval = ml_collections.ConfigDict({"batch_size": 256})
   return c
 
 

@@ -41,6 +41,7 @@ def run_main(
   check: bool = True,
   config: str = TINY,
   timeout: int = 300,
+  cwd: str = REPO,
 ) -> subprocess.CompletedProcess:
   cmd = main_command(workdir, f"--config.data.data_dir={data_dir}", *flags, config=config)
   proc = subprocess.run(
@@ -49,7 +50,7 @@ def run_main(
     capture_output=True,
     text=True,
     timeout=timeout,
-    cwd=REPO,
+    cwd=cwd,
   )
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

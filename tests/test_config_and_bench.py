@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import pytest
 
 from research.config import base_config, parse_arg
@@ -17,6 +18,42 @@ def test_parse_arg_types_and_defaults():
   assert parse_arg(None, runlocal=False).runlocal is False
   with pytest.raises(UserError, match="unknown config argument 'bach'"):
     parse_arg("bach=3", batch=1)
+
+
+def test_parse_arg_booleans_are_parsed_not_cast():
+  assert parse_arg("runlocal=false", runlocal=True).runlocal is False
+  assert parse_arg("runlocal=1", runlocal=False).runlocal is True
+  with pytest.raises(UserError, match="not a boolean"):
+    parse_arg("runlocal=maybe", runlocal=False)
+
+
+def test_schedules_count_steps_even_for_parts_updated_several_times_per_step():
+  import optax
+
+  from research.config import adam
+  from research.train.optim import make_optimizer
+
+  c = adam(1.0, schedule="linear", warmup_steps=0, end_lr_factor=0.0)
+  # A critic updated 5 times per step: after 5 updates (1 step of 10) the lr must be 0.9, not 0.5.
+  tx = make_optimizer(c, num_steps=10, updates_per_step=5)
+  params = {"w": jnp.zeros(())}
+  state = tx.init(params)
+  for _ in range(5):
+    _, state = tx.update({"w": jnp.ones(())}, state, params)
+  updates, _ = tx.update({"w": jnp.ones(())}, state, params)
+  # Adam's normalised step is ~1 for a constant gradient, so the update is ~ -lr.
+  assert float(updates["w"]) == pytest.approx(-0.9, rel=1e-3)
+  del optax
+
+
+def test_config_diff_ignores_tuple_vs_list():
+  from research.train.checkpoint import config_diff
+
+  saved = {"model": {"channels": [8, 16], "hidden": 32}}
+  assert config_diff(saved, {"model": {"channels": (8, 16), "hidden": 32}}) == []
+  assert config_diff(saved, {"model": {"channels": (8, 16), "hidden": 48}}) == [
+    "model.hidden: 32 -> 48"
+  ]
 
 
 def test_base_config_is_locked_against_typos():

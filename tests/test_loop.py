@@ -109,13 +109,15 @@ def test_restore_onto_a_different_device_count(tmp_path, data_dir, reference):
 
 
 def test_sample_and_eval_write_their_files(tmp_path, data_dir):
-  workdir = str(tmp_path)
+  # A relative --workdir, as in the README (Orbax itself needs absolute paths).
+  workdir = str(tmp_path / "run")
   run_main(
-    workdir,
+    "run",
     data_dir,
     "--config.train.num_steps=4",
     "--config.train.sample_every=2",
     "--config.train.eval_every=4",
+    cwd=str(tmp_path),
   )
   assert sorted(os.listdir(os.path.join(workdir, "samples"))) == [
     "step_0000002.png",
@@ -198,6 +200,11 @@ def test_two_processes_reach_the_same_parameters_as_one(tmp_path, data_dir):
     (["--config.train.num_steps=abc"], "--config.train.num_steps=abc"),
     (["--config.optim.model.schedule=cosinus"], "unknown schedule 'cosinus'"),
     (["--config.task.likelihood=gaussian"], "unknown likelihood 'gaussian'"),
+    (["--config.train.log_every=0"], "config.train.log_every=0 must be at least 1"),
+    (["--config.train.grad_accum=3"], "does not split into 3 micro-batches"),
+    (["--config.eval.batch_size=62"], "set config.eval.batch_size to a multiple of 4"),
+    (["--config.model.channels=(8,16,32,64)"], "config.model does not fit the data (8, 8, 1)"),
+    (["--config.model.dtype=bf16"], "unknown dtype 'bf16'"),
   ],
 )
 def test_bad_input_gets_a_one_line_error(tmp_path, data_dir, flags, expected):

@@ -39,6 +39,7 @@ def evaluate_state(exp: setup.Experiment, state: Any) -> dict[str, float]:
 
 def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   exp = setup.build(config, workdir, require_checkpoint=True)
+  exp.checkpointer.close()
   results = {"step": exp.restored_step, **evaluate_state(exp, exp.state)}
   if jax.process_index() == 0:
     text = json.dumps(results, indent=2, sort_keys=True)
@@ -49,7 +50,7 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
 
 def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, np.ndarray]:
   exp = setup.build(config, workdir, require_checkpoint=True)
-  shd.check_batch_size(config.sample.num_samples, exp.mesh, "config.sample.num_samples")
+  exp.checkpointer.close()
   variables = exp.state.variables(use_ema=config.sample.use_ema)
   rng = jax.random.fold_in(jax.random.key(config.seed), 3_000_017)
   n = config.sample.num_samples

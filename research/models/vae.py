@@ -14,10 +14,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.errors import UserError
 from research.registry import MODELS
 
 
 def _dtype(name: str) -> jnp.dtype:
+  if name not in ("float32", "bfloat16", "float16"):
+    raise UserError(f"unknown dtype {name!r} in config.model.dtype; use float32 or bfloat16")
   return jnp.dtype(name)
 
 

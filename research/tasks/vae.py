@@ -14,6 +14,7 @@ Training minimises the negative ELBO averaged over the batch; eval adds the IWAE
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -130,26 +131,30 @@ class VAETask:
     lw = lw.reshape(self.iwae_k, -1)
     return {"iwae": vae_math.iwae_bound(lw)}
 
+  def _batch_sums(self, params: Any, batch: Batch, rng: jax.Array, index: jax.Array) -> Metrics:
+    """Masked sums over one eval batch of the ELBO terms and the IWAE bound."""
+    # The binarisation of the i-th eval batch is fixed (a fixed key folded with i), so for a given
+    # eval batch size and process count every eval sees the same binary digits; z varies with rng.
+    bin_key = jax.random.fold_in(jax.random.key(12345), index)
+    z_key = jax.random.fold_in(rng, index)
+    terms = self.elbo_terms(params, batch["image"], bin_key, z_key)
+    terms.update(self.iwae_terms(params, batch["image"], bin_key, jax.random.fold_in(z_key, 1)))
+    mask = batch["mask"]
+    sums = {k: jnp.sum(v * mask) for k, v in terms.items()}
+    sums["count"] = jnp.sum(mask)
+    return sums
+
+  @functools.cached_property
+  def _eval_sums(self):
+    return jax.jit(self._batch_sums)  # compiled once per task, not once per evaluation
+
   def evaluate(
     self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
   ) -> dict[str, float]:
     params = variables["model"]["params"]
-
-    @jax.jit
-    def batch_sums(params: Any, batch: Batch, rng: jax.Array, index: jax.Array) -> Metrics:
-      # The binarisation of batch i is fixed (the same held-out set every eval); z varies with rng.
-      bin_key = jax.random.fold_in(jax.random.key(12345), index)
-      z_key = jax.random.fold_in(rng, index)
-      terms = self.elbo_terms(params, batch["image"], bin_key, z_key)
-      terms.update(self.iwae_terms(params, batch["image"], bin_key, jax.random.fold_in(z_key, 1)))
-      mask = batch["mask"]
-      sums = {k: jnp.sum(v * mask) for k, v in terms.items()}
-      sums["count"] = jnp.sum(mask)
-      return sums
-
     totals: dict[str, float] = {}
     for i, batch in enumerate(batches):
-      out = jax.device_get(batch_sums(params, batch, rng, i))
+      out = jax.device_get(self._eval_sums(params, batch, rng, i))
       for k, v in out.items():
         totals[k] = totals.get(k, 0.0) + float(v)
     n = totals.pop("count")

@@ -10,6 +10,7 @@ the folder may be on GCS (``gs://...``).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -28,12 +29,22 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _as_json(config: dict[str, Any]) -> dict[str, Any]:
+  """What the config looks like once saved (tuples become lists)."""
+  return json.loads(json.dumps(config, default=str))
+
+
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """Dotted keys whose values differ, formatted ``key: saved -> current``."""
-  a, b = _flatten(saved), _flatten(current)
+  a, b = _flatten(_as_json(saved)), _flatten(_as_json(current))
   return [
     f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
   ]
+
+
+def absolute(path: str) -> str:
+  """Local paths made absolute; URLs (gs://...) kept as they are."""
+  return path if "://" in path else os.path.abspath(path)
 
 
 class Checkpointer:
@@ -47,7 +58,8 @@ class Checkpointer:
     max_to_keep: int = 3,
     async_save: bool = True,
   ):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    # Orbax needs absolute paths; a relative local workdir is taken from the current directory.
+    self.directory = epath.Path(absolute(workdir)) / "checkpoints"
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
@@ -70,7 +82,7 @@ class Checkpointer:
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(json.loads(json.dumps(config, default=str))),
+        config=ocp.args.JsonSave(_as_json(config)),
       ),
       force=force,
     )
@@ -78,6 +90,11 @@ class Checkpointer:
   def saved_config(self, step: int) -> dict[str, Any]:
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored.config
+
+  def config_changes(self, step: int, config: dict[str, Any]) -> list[str]:
+    """How `config` differs from the one saved at `step` (resuming with changes is allowed:
+    a longer run, other log intervals; the loop reports them)."""
+    return config_diff(self.saved_config(step), config)
 
   def restore(self, step: int, target: Any, config: dict[str, Any]) -> Any:
     """The state at `step`, restored into `target` (ShapeDtypeStructs with shardings)."""

@@ -107,6 +107,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   is_main = jax.process_index() == 0
   state = exp.state
   if start >= num_steps:
+    exp.checkpointer.close()
     print(f"workdir already holds step {start} >= train.num_steps={num_steps}", file=sys.stderr)
     return state
 
@@ -156,22 +157,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
           print(format_progress(step, num_steps, values, rate, config.batch_size), flush=True)
           writer.scalars(step, {**values, "steps_per_sec": rate})
           writer.flush()
+      preempted = preemption.reached(step)
+      if preempted or step % tc.checkpoint_every == 0 or step == num_steps:
+        _check_finite(state, exp, step)
+        exp.checkpointer.save(step, state, setup.config_dict(config), force=True)
       if tc.sample_every and (step % tc.sample_every == 0 or step == num_steps):
         _write_sample_grid(exp, sample_fn, state, step, writer)
       if tc.eval_every and step % tc.eval_every == 0:
         results = eval_run.evaluate_state(exp, state)
         if is_main:
           writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
-      preempted = preemption.reached(step)
-      if preempted or step % tc.checkpoint_every == 0 or step == num_steps:
-        _check_finite(state, exp, step)
-        exp.checkpointer.save(step, state, setup.config_dict(config), force=True)
       if preempted:
         print(f"SIGTERM: saved step {step}; re-run the same command to resume", file=sys.stderr)
         break
   finally:
+    exp.checkpointer.close()  # waits for the last save, still under the SIGTERM handler
     preemption.restore()
-    exp.checkpointer.close()
     writer.close()
     if hasattr(batches, "close"):
       batches.close()

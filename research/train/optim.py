@@ -51,23 +51,38 @@ def make_schedule(c: Any, num_steps: int) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(c: Any, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+  c: Any, num_steps: int, updates_per_step: int = 1
+) -> optax.GradientTransformation:
+  """`updates_per_step` > 1 (a critic updated k times per step): the schedule still counts
+  training steps, so warm-up and decay take the same number of steps for every part."""
   name = c.get("name", "adam")
   if name not in _OPTIMIZERS:
     raise UserError(f"unknown optimizer {name!r} in config.optim; known: {', '.join(_OPTIMIZERS)}")
+  if name != "adamw" and c.get("weight_decay", 0.0):
+    raise UserError(
+      f"config.optim weight_decay={c.weight_decay} has no effect with {name!r}; use name='adamw'"
+    )
+  schedule = make_schedule(c, num_steps)
+  k = max(int(updates_per_step), 1)
+  per_update = schedule if k == 1 else (lambda count: schedule(count // k))
   chain = []
   if c.get("grad_clip_norm", 0.0):
     chain.append(optax.clip_by_global_norm(float(c.grad_clip_norm)))
-  chain.append(_OPTIMIZERS[name](make_schedule(c, num_steps), c))
+  chain.append(_OPTIMIZERS[name](per_update, c))
   return optax.chain(*chain)
 
 
 def make_optimizers(
-  optim_config: Any, parts: tuple[str, ...], num_steps: int
+  optim_config: Any,
+  parts: tuple[str, ...],
+  num_steps: int,
+  updates_per_step: dict[str, int] | None = None,
 ) -> dict[str, optax.GradientTransformation]:
   missing = [p for p in parts if p not in optim_config]
   if missing:
     raise UserError(
       f"config.optim has no entry for part(s) {missing}; this task trains {list(parts)}"
     )
-  return {p: make_optimizer(optim_config[p], num_steps) for p in parts}
+  updates = updates_per_step or {}
+  return {p: make_optimizer(optim_config[p], num_steps, updates.get(p, 1)) for p in parts}

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 import research.models  # noqa: F401  (registers the networks)
 import research.tasks  # noqa: F401  (registers the families)
 from research import data
+from research.errors import UserError
 from research.registry import TASKS
 from research.tasks.base import Task
 from research.train import sharding as shd
@@ -44,6 +45,36 @@ def build_task(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> Tas
   return TASKS.get(config.task.name)(config, info)
 
 
+def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
+  """Prepares the dataset one process at a time (a shared data_dir must not be written by several
+  processes at once), then reads its spec."""
+  if jax.process_count() == 1:
+    return data.dataset_info(config.data)
+  from jax.experimental import multihost_utils
+
+  for i in range(jax.process_count()):
+    if i == jax.process_index():
+      data.prepare(config.data)
+    multihost_utils.sync_global_devices(f"research: dataset prepared by process {i}")
+  return data.dataset_info(config.data)
+
+
+def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
+  """Config values that would otherwise fail deep inside a run (or after hours of it)."""
+  shd.check_batch_size(config.batch_size, mesh)
+  shd.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+  shd.check_batch_size(config.sample.num_samples, mesh, "config.sample.num_samples")
+  for key in ("num_steps", "log_every", "checkpoint_every", "grad_accum"):
+    if config.train[key] < 1:
+      raise UserError(f"config.train.{key}={config.train[key]} must be at least 1")
+  accum = config.train.grad_accum
+  if config.batch_size % accum or (config.batch_size // accum) % mesh.devices.size:
+    raise UserError(
+      f"config.batch_size={config.batch_size} does not split into {accum} micro-batches that "
+      f"divide by the {mesh.devices.size} devices; change config.train.grad_accum"
+    )
+
+
 def build(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -53,10 +84,12 @@ def build(
   """Builds the experiment and restores the workdir's latest checkpoint when there is one."""
   jax.config.update("jax_threefry_partitionable", True)
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
-  shd.check_batch_size(config.batch_size, mesh)
-  info = info or data.dataset_info(config.data)
+  validate(config, mesh)
+  info = info or prepare_data(config)
   task = build_task(config, info)
-  optimizers = make_optimizers(config.optim, task.parts, config.train.num_steps)
+  optimizers = make_optimizers(
+    config.optim, task.parts, config.train.num_steps, config.train.part_steps.to_dict()
+  )
   make = state_lib.state_factory(
     task,
     optimizers,
@@ -73,10 +106,12 @@ def build(
   )
   step = checkpointer.latest_step()
   if step is None and require_checkpoint:
-    from research.errors import UserError
-
     raise UserError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
-  abstract = jax.eval_shape(make)
+  try:
+    abstract = jax.eval_shape(make)
+  except (ValueError, TypeError) as e:  # a model that cannot take this data, e.g. too many levels
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f"config.model does not fit the data {info.image_shape}: {first}") from None
   shardings = shd.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
   if step is None:
     state = jax.jit(make, out_shardings=shardings)()
@@ -85,6 +120,9 @@ def build(
     state = checkpointer.restore(step, target, config_dict(config))
     if jax.process_index() == 0:
       print(f"restored step {step} from {checkpointer.directory}", file=sys.stderr)
+      changed = checkpointer.config_changes(step, config_dict(config))
+      if changed:
+        print(f"note: config differs from the checkpoint's: {'; '.join(changed)}", file=sys.stderr)
   return Experiment(
     config, workdir, mesh, info, task, optimizers, state, shardings, checkpointer, step
   )
