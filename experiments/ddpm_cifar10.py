@@ -56,7 +56,9 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.batch_size = 16
-    c.model.update({"ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "attn_resolutions": (16,)})
+    c.model.update(
+      {"ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "num_groups": 8, "attn_resolutions": (16,)}
+    )
     c.model.dropout = 0.0
     c.data.shuffle_buffer = 1_000
     c.optim.model.warmup_steps = 50

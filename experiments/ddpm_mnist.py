@@ -52,7 +52,9 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.batch_size = 32
-    c.model.update({"ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "dropout": 0.0})
+    c.model.update(
+      {"ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "num_groups": 8, "dropout": 0.0}
+    )
     c.optim.model.learning_rate = 1e-3
     c.optim.model.warmup_steps = 50
     c.train.num_steps = 500

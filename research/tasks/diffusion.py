@@ -43,7 +43,7 @@ def diffusion_fields(**overrides: Any) -> ml_collections.ConfigDict:
     "label_dropout": 0.1,  # probability of the null label in training (conditional only)
     "loss_buckets": 10,  # per-timestep loss logged in this many equal ranges of t
     "eval_timesteps": 1000,  # terms of the bound evaluated per image (stratified; T = exact)
-    "eval_variance": "beta_tilde",  # the reverse-process variance used in the bound
+    "eval_variance": "beta",  # reverse-process variance in the bound: beta (the paper's) | beta_tilde
   }
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
@@ -98,7 +98,7 @@ class DiffusionTask:
   label_dropout: float = 0.1
   loss_buckets: int = 10
   eval_timesteps: int = 1000
-  eval_variance: str = "beta_tilde"
+  eval_variance: str = "beta"
   sampling: SamplerConfig = SamplerConfig()
   parts: tuple[str, ...] = ("model",)
 
@@ -195,7 +195,7 @@ class DiffusionTask:
       out["labels"] = labels
       cond = self._denoiser(params, labels)
       uncond = self._denoiser(params, jnp.full((num,), self.null_label, jnp.int32))
-      denoise = samplers.guided(cond, uncond, cfg.guidance_scale, self.schedule, self.target)
+      denoise = samplers.guided(cond, uncond, cfg.guidance_scale)
     else:
       del label_key
       denoise = self._denoiser(params, None)
@@ -230,7 +230,7 @@ class DiffusionTask:
         self.eval_timesteps,
       )
       mse, _ = self.simple_loss(params, x0, labels, jax.random.fold_in(key, 1), train=False)
-      bound["mse"] = mse
+      bound["l_simple"] = mse
       mask = batch["mask"]
       sums = {k: jnp.sum(v * mask) for k, v in bound.items()}
       sums["count"] = jnp.sum(mask)
@@ -244,7 +244,12 @@ class DiffusionTask:
     n = totals.pop("count")
     if not n:
       raise UserError("the eval split is empty; set config.data.eval_split")
-    return {**{k: v / n for k, v in totals.items()}, "num_examples": n}
+    means = {k: v / n for k, v in totals.items()}
+    return {
+      **means,
+      "bound_terms_evaluated": min(self.eval_timesteps, self.timesteps),
+      "num_examples": n,
+    }
 
   def artifacts(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
     return {}

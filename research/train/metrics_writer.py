@@ -40,10 +40,12 @@ class MetricsWriter:
       return
     from tensorboard.compat.proto import summary_pb2
 
-    self._add(
-      step,
-      [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()],
-    )
+    values = [
+      summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+      for k, v in scalars.items()
+      if np.isfinite(v)  # e.g. a timestep bucket that this batch did not sample
+    ]
+    self._add(step, values)
 
   def image(self, step: int, tag: str, image: np.ndarray) -> None:
     """uint8 [H, W, C] image."""
@@ -70,7 +72,13 @@ def format_progress(
   step: int, num_steps: int, metrics: Mapping[str, float], steps_per_sec: float, batch_size: int
 ) -> str:
   eta = (num_steps - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
-  shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith("_norm"))
+  # The console shows each part's headline metrics; norms and finer breakdowns (``part/a/b``,
+  # e.g. loss by timestep) go to TensorBoard only.
+  shown = " ".join(
+    f"{k}={v:.4g}"
+    for k, v in sorted(metrics.items())
+    if not k.endswith("_norm") and k.count("/") <= 1
+  )
   return (
     f"step {step}/{num_steps} {shown} | {steps_per_sec:.2f} steps/s "
     f"{steps_per_sec * batch_size:.1f} img/s ETA {_duration(eta)}"

@@ -1,0 +1,34 @@
+"""A DDPM small enough for end-to-end tests: 8x8 offline digits, a 2-level UNet without attention."""
+
+from research.config import adam, base_config, parse_arg
+from research.tasks.diffusion import diffusion_fields, sample_fields
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, conditional=False)
+  c = base_config()
+  c.batch_size = 32
+  c.task = diffusion_fields(conditional=arg.conditional, eval_timesteps=8)
+  c.model.update(
+    {
+      "name": "ddpm_unet",
+      "ch": 16,
+      "ch_mult": (1, 2),
+      "num_res_blocks": 1,
+      "attn_resolutions": (),
+      "dropout": 0.0,
+      "num_groups": 8,
+      "dtype": "float32",
+    }
+  )
+  c.data.name = "offline_digits"
+  c.data.shuffle_buffer = 512
+  c.optim.model = adam(2e-3, warmup_steps=20, grad_clip_norm=1.0)
+  c.train.num_steps = 10
+  c.train.log_every = 10
+  c.train.sample_every = 0
+  c.train.checkpoint_every = 100
+  c.train.ema_decay = 0.0
+  c.sample = sample_fields(num_samples=16, grid_size=16, steps=10)
+  c.eval.batch_size = 128
+  return c
