@@ -1,6 +1,7 @@
 """The diffusion family end to end: every config trains a step, training lowers the bound,
 the bound's terms add up, both samplers and guidance run through the task."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -13,6 +14,7 @@ import tensorflow_datasets as tfds
 
 from research import data
 from research.diffusion import samplers
+from research.tasks.diffusion import to_uint8
 from research.train import loop, setup
 from tests.run_helpers import REPO, run_main
 
@@ -90,7 +92,9 @@ def test_guidance_scale_zero_is_the_conditional_model(data_dir):
   params = task.init(jax.random.key(0), batch)["model"]["params"]
   # Random weights everywhere (the paper's init makes a fresh UNet output ~0 for any label).
   keys = jax.random.split(jax.random.key(1), len(jax.tree.leaves(params)))
-  leaves = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(params))]
+  leaves = [
+    0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, jax.tree.leaves(params), strict=True)
+  ]
   params = jax.tree.unflatten(jax.tree.structure(params), leaves)
   variables = {"model": {"params": params}}
   labels = jnp.arange(8, dtype=jnp.int32) % 10
@@ -106,11 +110,7 @@ def test_guidance_scale_zero_is_the_conditional_model(data_dir):
     task.sampling.eta,
     task.sampling.clip_x0,
   )
-  from research.tasks.diffusion import to_uint8
-
   np.testing.assert_array_equal(guided0, to_uint8(conditional))
-  strong = type(task.sampling)(**{**task.sampling.__dict__, "guidance_scale": 3.0})
-  import dataclasses
-
+  strong = dataclasses.replace(task.sampling, guidance_scale=3.0)
   guided3 = dataclasses.replace(task, sampling=strong).sample(variables, rng, 8, labels)["images"]
   assert np.abs(guided3.astype(int) - guided0.astype(int)).mean() > 1
