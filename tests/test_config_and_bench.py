@@ -89,3 +89,27 @@ def test_benchmark_prints_one_json_line(tmp_path):
   assert result["step_ms"] > 0 and result["compile_s"] > 0
   assert result["images_per_s"] == pytest.approx(32 / (result["step_ms"] / 1e3), rel=1e-2)
   assert result["xla_gflop_per_step"] > 0 and 0 < result["utilisation"] < 1
+
+
+def test_sampling_benchmark_prints_one_json_line(tmp_path):
+  cmd = [
+    sys.executable,
+    "benchmarks/sample.py",
+    "--config=tests/configs/ddpm_tiny.py",
+    "--num=8",
+    "--image_shape=8,8,1",
+    "--num_classes=10",
+    "--repeats=1",
+  ]
+  proc = subprocess.run(
+    cmd,
+    cwd=REPO,
+    env=subprocess_env(str(tmp_path), devices=2),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][0])
+  assert result["sampler"] == "ddim" and result["steps"] == 10 and result["devices"] == 2
+  assert result["images_per_s"] == pytest.approx(8 / result["seconds_per_call"], rel=1e-2)
