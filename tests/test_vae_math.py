@@ -90,3 +90,20 @@ def test_slerp_endpoints_and_norm():
   # Parallel vectors fall back to linear interpolation instead of dividing by sin(0).
   same = vae_math.slerp(a, 2 * a, jnp.array([0.5]))
   np.testing.assert_allclose(same[0], 1.5 * a, rtol=1e-5)
+
+
+def test_eval_binarisation_depends_on_the_image_alone():
+  from research.tasks.vae import image_keys
+
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8))
+  base = jax.random.key(3)
+  whole = jax.random.key_data(image_keys(base, images))
+  halves = jnp.concatenate(
+    [
+      jax.random.key_data(image_keys(base, images[3:])),
+      jax.random.key_data(image_keys(base, images[:3])),
+    ]
+  )
+  np.testing.assert_array_equal(whole, jnp.concatenate([halves[3:], halves[:3]]))
+  assert len({tuple(k) for k in np.asarray(whole)}) == 6  # different images, different keys

@@ -45,10 +45,17 @@ class VAETask:
 
   # ---- data -------------------------------------------------------------------------------------
   def _targets(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(encoder input in [0, 1], likelihood target) from uint8 images [B, H, W, C]."""
+    """(encoder input in [0, 1], likelihood target) from uint8 images [B, H, W, C].
+
+    `rng` is one key, or one key per image ([B]) for a binarisation that is a function of each
+    image alone (eval: the same binary held-out set whatever the batch size or process count).
+    """
     x = images.astype(jnp.float32) / 255.0
     if self.likelihood == "bernoulli":
-      x = jax.random.bernoulli(rng, x).astype(jnp.float32)
+      if rng.shape:
+        x = jax.vmap(lambda k, p: jax.random.bernoulli(k, p))(rng, x).astype(jnp.float32)
+      else:
+        x = jax.random.bernoulli(rng, x).astype(jnp.float32)
       return x, x
     return x, x * 2.0 - 1.0  # the discretized logistic works on [-1, 1]
 
@@ -133,9 +140,9 @@ class VAETask:
 
   def _batch_sums(self, params: Any, batch: Batch, rng: jax.Array, index: jax.Array) -> Metrics:
     """Masked sums over one eval batch of the ELBO terms and the IWAE bound."""
-    # The binarisation of the i-th eval batch is fixed (a fixed key folded with i), so for a given
-    # eval batch size and process count every eval sees the same binary digits; z varies with rng.
-    bin_key = jax.random.fold_in(jax.random.key(12345), index)
+    # Each held-out image is binarised with a key derived from its pixels, so every eval sees the
+    # same binary digits whatever the batch size or process count; z varies with rng.
+    bin_key = image_keys(jax.random.key(12345), batch["image"])
     z_key = jax.random.fold_in(rng, index)
     terms = self.elbo_terms(params, batch["image"], bin_key, z_key)
     terms.update(self.iwae_terms(params, batch["image"], bin_key, jax.random.fold_in(z_key, 1)))
@@ -201,6 +208,13 @@ class VAETask:
     paths = jax.vmap(lambda ab: vae_math.slerp(mean[ab[0]], mean[ab[1]], t))(idx)  # [P, T, Z]
     out = self.model.apply({"params": params}, paths.reshape(-1, paths.shape[-1]), method="decode")
     return _tile(self._mean_image(out).reshape(idx.shape[0], steps, *x.shape[1:]))
+
+
+def image_keys(base: jax.Array, images: jax.Array) -> jax.Array:
+  """One key per image [B], a function of its pixels alone (a multiplicative hash, mod 2**32)."""
+  flat = images.reshape(images.shape[0], -1).astype(jnp.uint32)  # [B, D]
+  odd = jnp.arange(flat.shape[1], dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+  return jax.vmap(lambda h: jax.random.fold_in(base, h))(jnp.sum(flat * odd, axis=1))
 
 
 def _tile(rows: jax.Array, pad: int = 1) -> jax.Array:
