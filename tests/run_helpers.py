@@ -86,3 +86,13 @@ def _set(cfg, dotted: str, value: str) -> None:
     cfg[last] = ast.literal_eval(value)
   except (ValueError, SyntaxError):
     cfg[last] = value
+
+
+def load_config(path: str, arg: str = ""):
+  """`get_config(arg)` of an experiment file, as research.main would build it (unlocked)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("experiment_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

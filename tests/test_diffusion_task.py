@@ -2,7 +2,6 @@
 the bound's terms add up, both samplers and guidance run through the task."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 
@@ -16,16 +15,9 @@ from research import data
 from research.diffusion import samplers
 from research.tasks.diffusion import to_uint8
 from research.train import loop, setup
-from tests.run_helpers import REPO, run_main
+from tests.run_helpers import REPO, load_config, run_main
 
 TINY = os.path.join(REPO, "tests", "configs", "ddpm_tiny.py")
-
-
-def _load(path, arg=""):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 @pytest.mark.parametrize(
@@ -33,13 +25,13 @@ def _load(path, arg=""):
   [("runlocal", 1), ("runlocal,conditional", 1), ("runlocal,target=v,schedule=cosine", 1), ("", 0)],
 )
 def test_one_train_step_of_each_mnist_config_on_mock_data(tmp_path, arg, sample_every):
-  config = _load(os.path.join(REPO, "experiments", "ddpm_mnist.py"), arg)
+  config = load_config(os.path.join(REPO, "experiments", "ddpm_mnist.py"), arg)
   _one_step(config, "mnist", tmp_path, sample_every)
 
 
 @pytest.mark.parametrize("arg", ["runlocal", "runlocal,bf16,conditional", ""])
 def test_one_train_step_of_each_cifar10_config_on_mock_data(tmp_path, arg):
-  config = _load(os.path.join(REPO, "experiments", "ddpm_cifar10.py"), arg)
+  config = load_config(os.path.join(REPO, "experiments", "ddpm_cifar10.py"), arg)
   _one_step(config, "cifar10", tmp_path, sample_every=1 if arg else 0)
 
 
@@ -83,7 +75,7 @@ def test_training_lowers_the_bound_and_its_terms_add_up(tmp_path, data_dir):
 
 
 def test_guidance_scale_zero_is_the_conditional_model(data_dir):
-  config = _load(TINY, "conditional")
+  config = load_config(TINY, "conditional")
   with config.unlocked():
     config.data.data_dir = data_dir
   info = data.dataset_info(config.data)

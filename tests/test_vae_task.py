@@ -9,20 +9,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from research.train import loop
-from tests.run_helpers import REPO, run_main
+from tests.run_helpers import REPO, load_config, run_main
 
 
 def _load(name, arg=""):
-  import importlib.util
-
-  from ml_collections import config_flags  # noqa: F401
-
-  spec = importlib.util.spec_from_file_location(
-    name, os.path.join(REPO, "experiments", f"{name}.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config(os.path.join(REPO, "experiments", f"{name}.py"), arg)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ know which (the DDPM UNet now, a diffusion transformer later).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,7 @@ import ml_collections
 from research import data
 from research.diffusion import likelihood, samplers, schedules
 from research.errors import UserError
+from research.eval import averages
 from research.registry import TASKS, build_module
 from research.tasks.base import Batch, Metrics, Variables
 
@@ -211,40 +213,29 @@ class DiffusionTask:
     out["images"] = to_uint8(x0)
     return out
 
+  def _batch_sums(self, params: Any, batch: Batch, key: jax.Array) -> Metrics:
+    """Masked sums over one eval batch of the bound's terms (bits/dim) and of L_simple."""
+    x0 = to_model_space(batch["image"])
+    labels = self._labels(batch)
+    denoise = self._denoiser(params, labels)
+    bound = likelihood.bound_bpd(
+      key, self.schedule, denoise, x0, self.target, self.eval_variance, self.eval_timesteps
+    )
+    mse, _ = self.simple_loss(params, x0, labels, jax.random.fold_in(key, 1), train=False)
+    bound["l_simple"] = mse
+    return averages.masked_sums(bound, batch["mask"])
+
+  @functools.cached_property
+  def _eval_sums(self):
+    return jax.jit(self._batch_sums)  # compiled once per task, not once per evaluation
+
   def evaluate(
     self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
   ) -> dict[str, float]:
     """The variational bound in bits/dim (Ho et al. eq. 5) and L_simple on the held-out split."""
-
-    @jax.jit
-    def batch_sums(params: Any, batch: Batch, key: jax.Array) -> Metrics:
-      x0 = to_model_space(batch["image"])
-      labels = self._labels(batch)
-      bound = likelihood.bound_bpd(
-        key,
-        self.schedule,
-        self._denoiser(params, labels),
-        x0,
-        self.target,
-        self.eval_variance,
-        self.eval_timesteps,
-      )
-      mse, _ = self.simple_loss(params, x0, labels, jax.random.fold_in(key, 1), train=False)
-      bound["l_simple"] = mse
-      mask = batch["mask"]
-      sums = {k: jnp.sum(v * mask) for k, v in bound.items()}
-      sums["count"] = jnp.sum(mask)
-      return sums
-
     params = variables["model"]["params"]
-    totals: dict[str, float] = {}
-    for i, batch in enumerate(batches):
-      for k, v in jax.device_get(batch_sums(params, batch, jax.random.fold_in(rng, i))).items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    n = totals.pop("count")
-    if not n:
-      raise UserError("the eval split is empty; set config.data.eval_split")
-    means = {k: v / n for k, v in totals.items()}
+    sums = lambda b, i: self._eval_sums(params, b, jax.random.fold_in(rng, i))  # noqa: E731
+    means, n = averages.split_means(sums, batches)
     return {
       **means,
       "bound_terms_evaluated": min(self.eval_timesteps, self.timesteps),

@@ -26,6 +26,7 @@ import numpy as np
 
 from research import data
 from research.errors import UserError
+from research.eval import averages
 from research.registry import TASKS, build_module
 from research.tasks import vae_math
 from research.tasks.base import Batch, Metrics, Variables
@@ -146,10 +147,7 @@ class VAETask:
     z_key = jax.random.fold_in(rng, index)
     terms = self.elbo_terms(params, batch["image"], bin_key, z_key)
     terms.update(self.iwae_terms(params, batch["image"], bin_key, jax.random.fold_in(z_key, 1)))
-    mask = batch["mask"]
-    sums = {k: jnp.sum(v * mask) for k, v in terms.items()}
-    sums["count"] = jnp.sum(mask)
-    return sums
+    return averages.masked_sums(terms, batch["mask"])
 
   @functools.cached_property
   def _eval_sums(self):
@@ -159,15 +157,7 @@ class VAETask:
     self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
   ) -> dict[str, float]:
     params = variables["model"]["params"]
-    totals: dict[str, float] = {}
-    for i, batch in enumerate(batches):
-      out = jax.device_get(self._eval_sums(params, batch, rng, i))
-      for k, v in out.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    n = totals.pop("count")
-    if not n:
-      raise UserError("the eval split is empty; set config.data.eval_split")
-    means = {k: v / n for k, v in totals.items()}
+    means, n = averages.split_means(lambda b, i: self._eval_sums(params, b, rng, i), batches)
     dims = math.prod(self.model.image_shape)
     results = {
       "elbo_nats": means["elbo"],
