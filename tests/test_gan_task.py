@@ -1,0 +1,294 @@
+"""The GAN task on the shared step: who updates what, one compilation, samples, configs, main."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+import research.models.gan  # noqa: F401  (registers the networks)
+import research.models.transgan  # noqa: F401
+from research import data
+from research.errors import UserError
+from research.models import gan
+from research.tasks import gan as gan_task
+from research.train import loop
+from research.train import sharding as shd
+from research.train import state as state_lib
+from research.train.optim import make_optimizers
+from research.train.step import StepConfig, make_train_step
+from tests.run_helpers import REPO, load_config, subprocess_env
+
+SHAPE = (16, 16, 1)
+
+
+def _task(conditional=False, spectral_norm=False, **kw):
+  """A 16x16 DCGAN pair with BatchNorm in both (D: on its second layer), optionally conditional
+  with spectral norm in D as well."""
+  classes = 10 if conditional else 0
+  return gan_task.GANTask(
+    generator=gan.DCGANGenerator(image_shape=SHAPE, features=4, num_classes=classes),
+    discriminator=gan.DCGANDiscriminator(
+      features=4, num_classes=classes, norm="batch", spectral_norm=spectral_norm
+    ),
+    latent_dim=8,
+    num_classes=classes,
+    **kw,
+  )
+
+
+def _batches(n, b=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return [
+    {
+      "image": rng.integers(0, 256, (b, *SHAPE), dtype=np.uint8),
+      "label": rng.integers(0, 10, (b,), dtype=np.int32),
+    }
+    for _ in range(n)
+  ]
+
+
+def _setup(task, config=StepConfig(), devices=1, step_fn=make_train_step):
+  mesh = shd.make_mesh(devices=jax.devices()[:devices])
+  opts = {p: optax.adam(1e-3) for p in task.parts}
+  make = state_lib.state_factory(task, opts, SHAPE, True, 0, config.ema_decay > 0)
+  state, shardings = state_lib.init_sharded(make, mesh, fsdp_min_size=1)
+  bs = shd.batch_sharding(mesh)
+  step = jax.jit(
+    step_fn(task, opts, config, mesh),
+    donate_argnums=0,
+    in_shardings=(shardings, bs),
+    out_shardings=(shardings, shd.replicated(mesh)),
+  )
+  return state, step, bs
+
+
+def _host(state):
+  return jax.device_get({p: (s.params, s.collections) for p, s in state.parts.items()})
+
+
+def _changed(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
+
+
+def test_each_player_changes_only_its_own_parameters_and_state():
+  """D's update leaves G's parameters and BatchNorm statistics alone and vice versa; each player's
+  own state (BN running averages; D's spectral-norm u) moves only in its own update."""
+  task = _task(conditional=True, spectral_norm=True)
+  for only, frozen in (("disc", "gen"), ("gen", "disc")):
+    state, step, bs = _setup(task, StepConfig(part_steps=((frozen, 0),)))
+    before = _host(state)
+    assert {"BatchNorm_0", "SpectralNorm_0"} <= set(before["disc"][1]["batch_stats"])
+    assert before["gen"][1]["batch_stats"]
+    for b in _batches(2):
+      state, _ = step(state, jax.device_put(b, bs))
+    after = _host(state)
+    chex.assert_trees_all_equal(before[frozen], after[frozen])
+    assert _changed(before[only][0], after[only][0]) > 1e-4, only  # parameters
+    stats_before, stats_after = before[only][1]["batch_stats"], after[only][1]["batch_stats"]
+    for name in stats_before:  # every BN layer and every spectral-norm vector moved
+      assert _changed(stats_before[name], stats_after[name]) > 1e-7, (only, name)
+
+
+def test_two_player_step_compiles_once_and_never_syncs_with_the_host():
+  """Critic steps, lazy R1 (a lax.cond) and EMA: one trace, one program, no host transfers
+  while stepping, and no host callbacks inside the compiled step."""
+  task = _task(loss_type="hinge", r1_gamma=1.0, r1_every=2, gen_batch_mult=2)
+  config = StepConfig(part_steps=(("disc", 2),), ema_decay=0.9)
+  traced = lambda *a: chex.assert_max_traces(make_train_step(*a), n=1)  # noqa: E731
+  state, step, bs = _setup(task, config, step_fn=traced)
+  batches = [jax.device_put(b, bs) for b in _batches(3)]
+  metrics = []
+  with jax.transfer_guard("disallow"):
+    for b in batches:
+      state, m = step(state, b)
+      metrics.append(m)
+  metrics = jax.device_get(metrics)
+  assert int(jax.device_get(state.step)) == 3
+  counts = jax.device_get({p: s.opt_state[0].count for p, s in state.parts.items()})
+  assert counts == {"disc": 6, "gen": 3}
+  # Lazy R1: on at steps 0 and 2 (scaled by 2), off at step 1.
+  r1 = [float(m["disc/r1"]) for m in metrics]
+  assert r1[0] > 0 and r1[1] == 0 and r1[2] > 0
+  hlo = step.lower(state, batches[0]).as_text()
+  assert "callback" not in hlo.lower()
+
+
+def test_sampling_uses_batch_statistics_not_running_averages():
+  """The documented convention: ``sample_bn="batch"`` ignores G's running averages entirely;
+  ``"running"`` depends on them."""
+  task = _task(conditional=True)
+  variables = task.init(jax.random.key(0), _batches(1, b=4)[0])
+  garbage = jax.tree.map(lambda x: x + 3.0, variables["gen"]["batch_stats"])
+  spoiled = {**variables, "gen": {**variables["gen"], "batch_stats": garbage}}
+  rng = jax.random.key(1)
+  sample = jax.jit(task.sample, static_argnums=2)
+  out = sample(variables, rng, 20)
+  assert out["images"].dtype == jnp.uint8 and out["images"].shape == (20, *SHAPE)
+  np.testing.assert_array_equal(out["labels"], np.arange(20) % 10)
+  np.testing.assert_array_equal(out["images"], sample(spoiled, rng, 20)["images"])
+  running = jax.jit(dataclasses.replace(task, sample_bn="running").sample, static_argnums=2)
+  assert not np.array_equal(
+    running(variables, rng, 20)["images"], running(spoiled, rng, 20)["images"]
+  )
+  grid = jax.jit(task.artifacts)(variables, _batches(1)[0], rng)["class_grid.png"]
+  assert grid.shape == (10 * 17, 10 * 17, 1) and grid.dtype == jnp.uint8
+
+
+def test_evaluate_counts_only_unmasked_rows():
+  task = _task()
+  variables = task.init(jax.random.key(0), _batches(1, b=4)[0])
+  batches = _batches(2, b=8)
+  for b, m in zip(batches, ([1.0] * 8, [1.0] * 3 + [0.0] * 5), strict=True):
+    b["mask"] = np.asarray(m, np.float32)
+  results = task.evaluate(variables, iter(batches), jax.random.key(1))
+  assert results["num_examples"] == 11
+  assert 0.0 <= results["d_auc"] <= 1.0 and 0.0 <= results["d_accuracy"] <= 1.0
+  assert np.isfinite(results["d_real_mean"]) and np.isfinite(results["d_fake_mean"])
+
+
+def _load(name, arg=""):
+  return load_config(os.path.join(REPO, "experiments", f"{name}.py"), arg)
+
+
+@pytest.mark.parametrize(
+  "overrides,message",
+  [
+    ({"task.loss": "wasserstein"}, "unknown GAN loss"),
+    ({"task.diffaug": "translation,rotate"}, "unknown DiffAugment policy"),
+    ({"task.latent_dist": "cauchy"}, "latent_dist"),
+    ({"task.r1_every": 0}, "r1_every"),
+  ],
+)
+def test_config_mistakes_are_one_line_user_errors(overrides, message):
+  config = _load("dcgan_mnist", "runlocal")
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  info = data.DatasetInfo((28, 28, 1), 10, 4000, 1000)
+  with pytest.raises(UserError, match=message):
+    gan_task.make_gan_task(config, info)
+
+
+def test_conditional_needs_labels():
+  config = _load("dcgan_mnist", "conditional")
+  with pytest.raises(UserError, match="has no labels"):
+    gan_task.make_gan_task(config, data.DatasetInfo((28, 28, 1), None, 10, 10))
+
+
+CONFIGS = [
+  ("dcgan_mnist", "", (28, 28, 1)),
+  ("dcgan_mnist", "runlocal", (28, 28, 1)),
+  ("dcgan_mnist", "runlocal,conditional", (28, 28, 1)),
+  ("dcgan_mnist", "runlocal,loss=hinge", (28, 28, 1)),
+  ("dcgan_cifar10", "", (32, 32, 3)),
+  ("dcgan_cifar10", "runlocal,conditional", (32, 32, 3)),
+  ("transgan_cifar10", "runlocal", (32, 32, 3)),
+  ("transgan_digits", "runlocal", (8, 8, 1)),
+]
+
+
+@pytest.mark.parametrize("name,arg,shape", CONFIGS)
+def test_every_config_traces_its_train_step(name, arg, shape):
+  """Each config's task, optimizers and two-player step fit together (abstract evaluation, no
+  compilation; the full TransGAN is checked by the next test)."""
+  config = _load(name, arg)
+  info = data.DatasetInfo(shape, 10, 1000, 100)
+  task = gan_task.make_gan_task(config, info)
+  opts = make_optimizers(config.optim, task.parts, config.train.num_steps)
+  make = state_lib.state_factory(task, opts, shape, True, 0, config.train.ema_decay > 0)
+  state = jax.eval_shape(make)
+  batch = {
+    "image": jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
+    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+  }
+  new_state, metrics = jax.eval_shape(
+    make_train_step(task, opts, loop.step_config(config)), state, batch
+  )
+  chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
+  assert {"disc/loss", "gen/loss", "disc/d_real", "gen/d_fake"} <= set(metrics)
+  assert (config.optim.disc.b1, config.optim.gen.b1) == ((0.5, 0.5) if "dcgan" in name else (0, 0))
+  samples = jax.eval_shape(lambda v: task.sample(v, jax.random.key(0), 16), state.variables())
+  assert samples["images"].shape == (16, *shape) and samples["images"].dtype == jnp.uint8
+
+
+def test_transgan_cifar10_config_is_the_paper_recipe():
+  config = _load("transgan_cifar10")
+  task = gan_task.make_gan_task(config, data.DatasetInfo((32, 32, 3), 10, 50_000, 10_000))
+  shapes = jax.eval_shape(task.init, jax.random.key(0), state_lib.example_batch((32, 32, 3), True))
+  counts = {p: sum(x.size for x in jax.tree.leaves(v["params"])) for p, v in shapes.items()}
+  assert 120e6 < counts["gen"] < 140e6 and 10e6 < counts["disc"] < 15e6, counts
+  assert config.train.part_steps.disc == 4 and config.train.ema_decay == 0.9999
+  assert (task.loss_type, task.gp_weight, task.drift_weight) == ("wgan", 10.0, 1e-3)
+  assert task.diffaug == ("translation", "cutout", "color") and task.gen_batch_mult == 2
+
+
+def test_conditional_config_takes_a_step_on_mock_data(tmp_path):
+  """Through the real loop, data pipeline and sample grid on 8 devices (TFDS's mnist spec with
+  mock examples). A TransGAN config takes a real step in tests/test_gan_models.py."""
+  config = _load("dcgan_mnist", "runlocal,conditional")
+  with config.unlocked():
+    config.data.name = "mnist"
+    config.batch_size = 8
+    config.train.num_steps = 1
+    config.train.sample_every = 1
+    config.data.shuffle_buffer = 8
+    config.sample.grid_size = 16
+  with tfds.testing.mock_data(num_examples=16):
+    state = loop.train(config, str(tmp_path))
+  assert int(state.step) == 1
+  for part in ("disc", "gen"):
+    leaves = jax.tree.leaves(jax.device_get(state.parts[part].params))
+    assert all(np.isfinite(x).all() for x in leaves), part
+  assert os.path.exists(tmp_path / "samples" / "step_0000001.png")
+
+
+# research.main with the GAN modules imported explicitly (works before and after the package
+# __init__ files import them).
+_MAIN = (
+  "import research.models.gan, research.models.transgan, research.tasks.gan; "
+  "from research import main; from absl import app; "
+  "app.run(main.main, flags_parser=main.parse_flags)"
+)
+
+
+def _run_main(workdir, data_dir, *flags):
+  cmd = [
+    sys.executable,
+    "-c",
+    _MAIN,
+    f"--config={os.path.join(REPO, 'experiments', 'dcgan_mnist.py')}:runlocal",
+    f"--workdir={workdir}",
+    f"--config.data.data_dir={data_dir}",
+    *flags,
+  ]
+  proc = subprocess.run(
+    cmd, env=subprocess_env(data_dir), capture_output=True, text=True, timeout=300, cwd=REPO
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def test_dcgan_mnist_runlocal_trains_and_samples(tmp_path, data_dir):
+  workdir = str(tmp_path)
+  flags = [
+    "--config.batch_size=16",
+    "--config.train.checkpoint_every=3",
+    "--config.train.sample_every=3",
+    "--config.train.log_every=3",
+    "--config.sample.num_samples=16",
+    "--config.eval.batch_size=200",
+  ]
+  _run_main(workdir, data_dir, "--config.train.num_steps=6", *flags)
+  assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000003.png", "step_0000006.png"]
+  _run_main(workdir, data_dir, "--mode=sample", *flags)
+  samples = np.load(tmp_path / "samples.npz")
+  assert samples["images"].shape == (16, 28, 28, 1) and samples["images"].dtype == np.uint8
+  assert os.path.exists(tmp_path / "samples.png")
