@@ -79,7 +79,10 @@ def benchmark(config, info, steps: int) -> dict:
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
   shd.check_batch_size(config.batch_size, mesh)
   task = setup.build_task(config, info)
-  optimizers = make_optimizers(config.optim, task.parts, config.train.num_steps)
+  setup.check_split_repeats(config, mesh.devices.size)
+  optimizers = make_optimizers(
+    config.optim, task.parts, config.train.num_steps, config.train.part_steps.to_dict()
+  )
   make = state_lib.state_factory(
     task,
     optimizers,

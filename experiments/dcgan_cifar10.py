@@ -16,7 +16,9 @@ Needs the prepared TFDS data (no download at run time): once, on a machine with 
       --config.data.data_dir=$TFDS_DATA_DIR --mode=sample
 
 Arguments: ``runlocal`` (a small CPU run), ``conditional`` (one-hot labels into G, projection D with
-spectral norm; sample mode writes class_grid.png), ``loss=hinge|non_saturating|minimax|wgan``.
+spectral norm; sample mode writes class_grid.png), ``loss=hinge|non_saturating|minimax|wgan``
+(``wgan`` is WGAN-GP's recipe: gradient penalty, 5 critic updates per step on their own real
+batches, layer-normalised critic, Adam betas (0, 0.9)).
 """
 
 from research.config import adam, base_config, parse_arg
@@ -80,4 +82,18 @@ def get_config(arg=None):
     c.train.checkpoint_every = 500
     c.train.ema_decay = 0.99
     c.eval.batch_size = 128
+  if arg.loss == "wgan":
+    # WGAN-GP (Gulrajani et al. 2017, Algorithm 1): lambda = 10, n_critic = 5 critic updates per
+    # generator update, each on its own real batch (dis_bs 64, runlocal 32: batch_size =
+    # 5 x dis_bs, train.split_repeats), Adam lr 1e-4 betas (0, 0.9), and no BatchNorm in the
+    # critic (sec. 4: layer normalisation instead; the conditional critic keeps spectral norm).
+    dis_bs = 32 if arg.runlocal else 64
+    c.batch_size = 5 * dis_bs
+    c.task.gp_weight = 10.0
+    c.train.part_steps = {"disc": 5}
+    c.train.split_repeats = True
+    if not arg.conditional:
+      c.model.discriminator.norm = "layer"
+    c.optim.disc = adam(1e-4, b1=0.0, b2=0.9)
+    c.optim.gen = adam(1e-4, b1=0.0, b2=0.9)
   return c

@@ -15,7 +15,9 @@ non-saturating loss. Sample grids from a fixed latent batch land in <workdir>/sa
 Arguments: ``runlocal`` (a minutes-long CPU run: batch 64, 1,000 steps, resize-convolutions in G;
 recognisable digits from about step 800), ``conditional`` (class-conditional: one-hot label
 concatenated to z, projection discriminator of Miyato & Koyama 2018 with spectral norm in D; sample
-mode also writes class_grid.png), ``loss=hinge|non_saturating|minimax|wgan``.
+mode also writes class_grid.png), ``loss=hinge|non_saturating|minimax|wgan`` (``wgan`` is
+WGAN-GP's recipe: gradient penalty, 5 critic updates per step on their own real batches,
+layer-normalised critic, Adam betas (0, 0.9)).
 """
 
 from research.config import adam, base_config, parse_arg
@@ -68,6 +70,7 @@ def get_config(arg=None):
     c.sample.grid_size = 100  # 10 x 10: column j is class j
     c.sample.num_samples = 80
   c.eval.batch_size = 256
+  c.eval.feature_net = "digits_classifier"  # skipped with a note until it is trained
 
   if arg.runlocal:
     c.batch_size = 64
@@ -79,4 +82,18 @@ def get_config(arg=None):
     # Nearest-neighbour x2 + 3x3 convolutions instead of the paper's transposed convolutions:
     # XLA:CPU runs this step about twice as fast (the full config keeps the paper's layers).
     c.model.generator.upsample = "resize"
+  if arg.loss == "wgan":
+    # WGAN-GP (Gulrajani et al. 2017, Algorithm 1): lambda = 10, n_critic = 5 critic updates per
+    # generator update, each on its own real batch (dis_bs 64, runlocal 32: batch_size =
+    # 5 x dis_bs, train.split_repeats), Adam lr 1e-4 betas (0, 0.9), and no BatchNorm in the
+    # critic (sec. 4: layer normalisation instead; the conditional critic keeps spectral norm).
+    dis_bs = 32 if arg.runlocal else 64
+    c.batch_size = 5 * dis_bs
+    c.task.gp_weight = 10.0
+    c.train.part_steps = {"disc": 5}
+    c.train.split_repeats = True
+    if not arg.conditional:
+      c.model.discriminator.norm = "layer"
+    c.optim.disc = adam(1e-4, b1=0.0, b2=0.9)
+    c.optim.gen = adam(1e-4, b1=0.0, b2=0.9)
   return c

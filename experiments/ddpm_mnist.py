@@ -49,6 +49,7 @@ def get_config(arg=None):
   c.train.ema_decay = 0.999
   c.sample = sample_fields(num_samples=64, sampler="ddim", steps=50)
   c.eval.batch_size = 256
+  c.eval.feature_net = "digits_classifier"  # skipped with a note until it is trained
 
   if arg.runlocal:
     c.batch_size = 32

@@ -2,11 +2,16 @@ r"""A small TransGAN (Jiang et al. 2021) on scikit-learn's 8x8 digits (offline, 
 
 Generator: z (64-d, normalised) -> 4x4 tokens of width 128 -> 2 blocks -> pixel shuffle -> 8x8 x 32
 -> 2 blocks -> 1x1 projection, tanh. Discriminator: ViT on 2x2 patches (16 tokens + class token),
-width 64, 2 blocks. The paper's recipe at small scale: WGAN-GP (lambda 10) + drift 1e-3, several
-critic steps, Adam betas (0, 0.99), DiffAugment (translation and color: cutout would erase half
-of an 8x8 digit), generator EMA. The 1,438 training digits are few, which is what DiffAugment is
-for. ``runlocal``: width 64, 2 critic steps, 1,500 steps, about 7 minutes on 2 CPU cores; the
-samples are digit-shaped but noisy by then (WGAN-GP transformers need many more steps).
+width 64, 2 blocks. This is the earlier TransGAN layout (single-scale D, one output projection,
+absolute positions): at 8x8 the final version's multi-scale D would see 2x2 coarse tokens; its
+options are in research/models/transgan.py. The paper's recipe at small scale: WGAN-GP (lambda
+10) + drift 1e-3, n_critic = 4 critic updates per step, each on its own dis_bs = 64 real digits
+(``batch_size`` = 4 x 64 real images per step, ``train.split_repeats``), gen_bs = 2 x dis_bs
+latents for the generator, Adam betas (0, 0.99), DiffAugment (translation and color: cutout would
+erase half of an 8x8 digit), generator EMA. The 1,438 training digits are few, which is what
+DiffAugment is for. ``runlocal``: width 64, 2 critic updates of 32 digits each (batch_size 64),
+1,500 steps; the samples are digit-shaped but noisy by then (WGAN-GP transformers need many more
+steps).
 
   python -m research.main --config=experiments/transgan_digits.py:runlocal --workdir=workdirs/tg_digits
   python -m research.main --config=experiments/transgan_digits.py --workdir=workdirs/tg_digits_full
@@ -20,7 +25,9 @@ from research.config import adam, base_config, parse_arg
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False)
   c = base_config()
-  c.batch_size = 64
+  # Real images per step = n_critic x dis_bs (4 x 64; runlocal 2 x 32): each critic update takes
+  # its own strided share (train.split_repeats); the generator draws gen_batch_mult x dis_bs z.
+  c.batch_size = 256
   c.task.name = "gan"
   c.task.loss = "wgan"
   c.task.conditional = False
@@ -62,6 +69,7 @@ def get_config(arg=None):
   c.optim.gen = adam(5e-4, b1=0.0, b2=0.99)
   c.train.num_steps = 10_000
   c.train.part_steps = {"disc": 4}
+  c.train.split_repeats = True
   c.train.ema_decay = 0.999
   c.train.log_every = 100
   c.train.sample_every = 1_000
@@ -71,6 +79,7 @@ def get_config(arg=None):
   c.eval.batch_size = 128
 
   if arg.runlocal:
+    c.batch_size = 64  # dis_bs 32
     c.model.generator.update({"dim": 64, "heads": 2})
     c.train.num_steps = 1_500
     c.train.part_steps = {"disc": 2}

@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.train.ema_decay = 0.999
   c.sample.num_samples = 64
   c.eval.batch_size = 256
+  c.eval.feature_net = "digits_classifier"  # skipped with a note until it is trained
 
   if arg.runlocal:
     c.train.num_steps = 600

@@ -86,11 +86,34 @@ def base_config() -> ml_collections.ConfigDict:
       "ema_decay": 0.0,  # 0 = off; sampling/eval use EMA weights when on and sample.use_ema
       "grad_accum": 1,
       "part_steps": ml_collections.ConfigDict(),  # {part: updates per step}, default 1
+      # True: a part updated n > 1 times per step gives update i its own 1/n of the batch (rows
+      # i, i + n, ...), e.g. a WGAN critic's fresh real batch per iteration; False: all of it.
+      "split_repeats": False,
     }
   )
   c.optim = ml_collections.ConfigDict()  # {part: {name, learning_rate, schedule, ...}}
   c.sample = ml_collections.ConfigDict({"num_samples": 64, "grid_size": 64, "use_ema": True})
-  c.eval = ml_collections.ConfigDict({"batch_size": 256})
+  c.eval = ml_collections.ConfigDict(
+    {
+      "batch_size": 256,
+      # Sample metrics (research/eval/sample_and_score.py): "" = the task's likelihood metrics
+      # only; else a research.eval.feature_nets name ("digits_classifier", ...).
+      "feature_net": "",
+      "inception_weights": "",  # converted FID Inception .npz; "" = $RESEARCH_INCEPTION_WEIGHTS
+      "inception_dtype": "float32",  # "bfloat16" on accelerators (research/models/inception.py)
+      "num_samples": 1_000,  # scored by --mode=eval; FID is biased in N (eval.json has fid_n)
+      "train_num_samples": 0,  # scored every train.eval_every steps (0 = num_samples)
+      "sample_batch_size": 200,  # samples per jitted sample+features call, divisible by devices
+      "classifier_workdir": "",  # "" = $RESEARCH_DIGITS_CLASSIFIER, else workdirs/digits_classifier
+      "reference_cache_dir": "",  # "" = $RESEARCH_REFERENCE_CACHE, else <workdir>/reference_stats
+      "reference_split": "",  # real images of the reference statistics; "" = data.eval_split
+      "reference_max_features": 10_000,  # real features kept for KID and precision/recall
+      "kid_subsets": 100,
+      "kid_subset_size": 1_000,  # capped at the smaller set
+      "pr_k": 3,  # k-NN radius of precision/recall (Kynkaanniemi et al. 2019)
+      "is_splits": 10,
+    }
+  )
   return c
 
 

@@ -3,7 +3,6 @@ recipe through the shared step)."""
 
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,11 +11,6 @@ import pytest
 from research import data
 from research.models import gan, transgan
 from research.tasks import gan as gan_task
-from research.train import loop
-from research.train import sharding as shd
-from research.train import state as state_lib
-from research.train.optim import make_optimizers
-from research.train.step import make_train_step
 from tests.run_helpers import REPO, load_config
 
 
@@ -196,34 +190,84 @@ def test_small_transgan_pair_runs_and_checks_its_geometry():
     bad.init(jax.random.key(0), z, train=False)
 
 
-def test_transgan_digits_config_takes_a_training_step():
-  """The TransGAN recipe (WGAN-GP + drift, DiffAugment, 2x generator batch, EMA) through the
-  shared step on one device, with the networks shrunk: XLA:CPU takes ~20 s per transformer GAN
-  step compilation even at this size."""
-  config = load_config(f"{REPO}/experiments/transgan_digits.py", "runlocal")
-  config.batch_size = 8
-  config.model.generator.update({"depths": (1, 1), "dim": 32, "heads": 2})
-  config.model.discriminator.update({"depth": 1, "dim": 16, "heads": 2})
-  config.train.part_steps.disc = 1
-  task = gan_task.make_gan_task(config, data.DatasetInfo((8, 8, 1), 10, 100, 10))
-  opts = make_optimizers(config.optim, task.parts, 10)
-  mesh = shd.make_mesh(devices=jax.devices()[:1])
-  make = state_lib.state_factory(task, opts, (8, 8, 1), True, 0, True)
-  state, _ = state_lib.init_sharded(make, mesh)
-  before = jax.device_get({p: s.params for p, s in state.parts.items()})
-  step = jax.jit(make_train_step(task, opts, loop.step_config(config), mesh), donate_argnums=0)
-  rng = np.random.default_rng(0)
-  for _ in range(2):
-    batch = {
-      "image": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
-      "label": rng.integers(0, 10, (8,), dtype=np.int32),
-    }
-    state, metrics = step(state, batch)
-  metrics = jax.device_get(metrics)
-  assert float(metrics["disc/gp"]) > 0 and np.isfinite(float(metrics["disc/loss"]))
-  after = jax.device_get({p: s.params for p, s in state.parts.items()})
-  for part in ("disc", "gen"):
-    moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), before[part], after[part])
-    assert min(jax.tree.leaves(moved)) > 0, part  # every parameter got a gradient
-  ema = jax.device_get(state.parts["gen"].ema_params)
-  chex.assert_trees_all_equal_shapes(ema, after["gen"])
+# ---- the final TransGAN's options: grid attention, relative positions, RGB skips, multi-scale D --
+
+
+def test_grid_partition_round_trips_and_groups_square_cells():
+  side, cell = 8, 4
+  tokens = jnp.arange(2 * side * side * 3, dtype=jnp.float32).reshape(2, side * side, 3)
+  cells = transgan.grid_partition(tokens, side, cell)
+  assert cells.shape == (2 * 4, cell * cell, 3)
+  np.testing.assert_array_equal(transgan.grid_merge(cells, side, cell), tokens)
+  grid = np.asarray(tokens).reshape(2, side, side, 3)
+  # Cell 1 of image 0 is rows 0-3, columns 4-7 of the token grid, row-major.
+  np.testing.assert_array_equal(cells[1], grid[0, :4, 4:].reshape(16, 3))
+
+
+def test_grid_attention_mixes_tokens_only_within_a_cell():
+  side, cell = 8, 4
+  full = transgan.Attention(dim=8, heads=2)
+  grid = transgan.Attention(dim=8, heads=2, grid=cell)
+  x = jax.random.normal(jax.random.key(0), (1, side * side, 8))
+  v = full.init(jax.random.key(1), x, side)  # same parameters for both
+  x2 = x.at[0, 0].add(1.0)  # change token (0, 0): in the top-left cell
+  changed = lambda m: np.abs(np.asarray(m.apply(v, x2, side) - m.apply(v, x, side)))[0]  # noqa: E731
+  in_cell = np.zeros((side, side), bool)
+  in_cell[:cell, :cell] = True
+  g = changed(grid).max(-1).reshape(side, side)
+  assert g[in_cell].min() > 0 and g[~in_cell].max() == 0
+  assert changed(full).max(-1).reshape(side, side)[~in_cell].min() > 0
+
+
+def test_relative_position_bias_depends_only_on_the_offset():
+  w = 4
+  idx = transgan.relative_position_index(w)
+  assert idx.shape == (w * w, w * w) and idx.max() == (2 * w - 1) ** 2 - 1
+  pos = [(i, j) for i in range(w) for j in range(w)]
+  for a, (ai, aj) in enumerate(pos):
+    for b, (bi, bj) in enumerate(pos):
+      # Same offset, same table row: shift both tokens by (1, 1) where they stay in the window.
+      if max(ai, aj, bi, bj) < w - 1:
+        assert idx[a, b] == idx[a + w + 1, b + w + 1]
+  assert len(np.unique(idx)) == (2 * w - 1) ** 2  # every offset has its own row
+  # The bias changes the attention output.
+  m = transgan.Attention(dim=8, heads=2, relative_position=True)
+  x = jax.random.normal(jax.random.key(0), (1, 16, 8))
+  v = m.init(jax.random.key(1), x, w)
+  assert v["params"]["relative_position_bias"].shape == ((2 * w - 1) ** 2, 2)
+  zero = jax.tree.map(jnp.zeros_like, v["params"]["relative_position_bias"])
+  v0 = {"params": {**v["params"], "relative_position_bias": zero}}
+  assert not np.allclose(m.apply(v, x, w), m.apply(v0, x, w))
+
+
+def test_final_transgan_layout_has_per_stage_rgb_and_a_multi_scale_discriminator():
+  config = load_config(f"{REPO}/experiments/transgan_cifar10.py")
+  task = gan_task.make_gan_task(config, data.DatasetInfo((32, 32, 3), 10, 100, 10))
+  g = jax.eval_shape(task.generator.init, jax.random.key(0), jnp.zeros((1, 256)), train=False)
+  gp = _shapes(g["params"])
+  assert [gp[f"Conv_{i}"]["kernel"] for i in range(3)] == [
+    (1, 1, 1024, 3),
+    (1, 1, 256, 3),
+    (1, 1, 64, 3),
+  ]
+  tables = [gp[f"Block_{i}"]["Attention_0"]["relative_position_bias"] for i in (0, 5, 9)]
+  assert tables == [(15 * 15, 4), (31 * 31, 4), (63 * 63, 4)]  # windows 8, 16, 32: full grids
+  d = jax.eval_shape(
+    task.discriminator.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+  )
+  dp = _shapes(d["params"])
+  assert dp["pos_embed_1"] == (1, 256, 288) and dp["pos_embed_2"] == (1, 64, 384)
+  assert dp["Conv_0"]["kernel"] == (2, 2, 3, 288) and dp["Conv_1"]["kernel"] == (4, 4, 3, 96)
+  assert sum(k.startswith("Block_") for k in dp) == 3 + 3 + 1
+  # A small multi-scale D with grid attention in G runs end to end.
+  small_g = transgan.TransGANGenerator(
+    image_shape=(16, 16, 1), bottom_width=4, dim=32, depths=(1, 1, 1), heads=2, rgb_skips=True,
+    relative_position=True, grid=4,
+  )  # fmt: skip
+  z = jax.random.normal(jax.random.key(0), (2, 8))
+  x = _apply(small_g, _init(small_g, z), z)
+  assert x.shape == (2, 16, 16, 1) and float(jnp.abs(x).max()) <= 1.0
+  small_d = transgan.ViTDiscriminator(
+    patch_size=2, dim=16, depth=1, heads=2, multi_scale=True, relative_position=True
+  )
+  assert _apply(small_d, _init(small_d, x), x).shape == (2,)

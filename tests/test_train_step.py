@@ -10,7 +10,7 @@ import pytest
 from research.train import sharding as shd
 from research.train import state as state_lib
 from research.train.step import StepConfig, make_train_step
-from tests.toy_tasks import LinearTask, RegressionTask, TwoPlayerTask
+from tests.toy_tasks import LinearTask, RecorderTask, RegressionTask, TwoPlayerTask
 
 
 def _batches(n_steps, batch=16, seed=0):
@@ -165,3 +165,46 @@ def test_nonfinite_loss_is_recorded_with_its_step():
   assert int(state.nonfinite_step) == 3
   names = state_lib.nonfinite_metric_names(("model",))
   assert names[int(state.nonfinite_metric)] == "model/loss"
+
+
+@pytest.mark.parametrize("split,accum", [(True, 1), (True, 2), (False, 1)])
+def test_split_repeats_give_each_critic_update_its_own_rows(split, accum):
+  """With split_repeats, update i of a 4-update part sees rows i, i + 4, ... of the global batch
+  (micro-batch j of it: every accum-th of those); the one-update part sees the whole batch. On 8
+  devices, so every chunk spans all of them. Without it every repetition sees all 64 rows."""
+  n, b = 4, 64
+  per_update = b // n if split else b
+  task = RecorderTask(calls=(n * accum, accum), rows=(per_update // accum, b // accum))
+  config = StepConfig(part_steps=(("critic", n),), split_repeats=split, grad_accum=accum)
+  batches = _batches(1, batch=b)
+  batches[0]["label"] = np.arange(b, dtype=np.int32)  # row i has label i
+  state, _ = _run(task, shd.make_mesh(), batches, config=config)
+  seen = {
+    p: np.asarray(jax.device_get(state.parts[p].collections["record"]["seen"])) for p in task.parts
+  }
+  labels = np.arange(b)
+  chunks = [labels[i::n] for i in range(n)] if split else [labels] * n
+  expected = [c[j::accum] for c in chunks for j in range(accum)]
+  np.testing.assert_array_equal(seen["critic"], np.stack(expected))
+  np.testing.assert_array_equal(np.sort(seen["gen"].ravel()), labels)  # all 64 rows, once
+  if split:  # disjoint chunks that together are the batch
+    assert len(np.unique(seen["critic"])) == b
+
+
+def test_split_repeats_batch_must_divide_into_chunks_and_devices():
+  from research.config import base_config
+  from research.errors import UserError
+  from research.train import setup
+
+  config = base_config()
+  config.batch_size = 48
+  config.train.part_steps = {"disc": 4}
+  config.train.split_repeats = True
+  mesh = shd.make_mesh()  # 8 devices: 48 / 4 = 12 rows per update do not divide by 8
+  with pytest.raises(UserError, match="use a multiple of 32"):
+    setup.validate(config, mesh)
+  config.batch_size = 64
+  setup.validate(config, mesh)
+  config.train.grad_accum = 4
+  with pytest.raises(UserError, match="use a multiple of 128"):
+    setup.validate(config, mesh)

@@ -103,3 +103,34 @@ class LinearTask:
 
   def sample(self, variables, rng, num):
     return {"images": jnp.zeros((num, 2, 2, 1), jnp.uint8)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecorderTask:
+  """Records, in a non-parameter collection, the labels every loss call of each part received.
+
+  Part p's ``seen`` is int32 [calls per step, rows per call]; call c of a step writes row c (a
+  counter in the collection, reset each step by the test's reading it once per step).
+  """
+
+  calls: tuple[int, int] = (1, 1)  # loss calls per step of ("critic", "gen")
+  rows: tuple[int, int] = (16, 16)  # rows each call sees
+  parts: tuple[str, ...] = ("critic", "gen")
+
+  def init(self, rng, batch):
+    return {
+      p: {
+        "params": {"w": jnp.zeros(())},
+        "record": {"seen": jnp.full((c, r), -1, jnp.int32), "count": jnp.zeros((), jnp.int32)},
+      }
+      for p, c, r in zip(self.parts, self.calls, self.rows, strict=True)
+    }
+
+  def loss(self, part, variables, batch, rng, *, train, step=None):
+    rec = variables[part]["record"]
+    seen = rec["seen"].at[rec["count"] % rec["seen"].shape[0]].set(batch["label"])
+    loss = variables[part]["params"]["w"] * jnp.mean(batch["label"].astype(jnp.float32))
+    return loss, {}, {part: {"record": {"seen": seen, "count": rec["count"] + 1}}}
+
+  def sample(self, variables, rng, num):
+    return {"images": jnp.zeros((num, 2, 2, 1), jnp.uint8)}

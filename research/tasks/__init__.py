@@ -1,5 +1,6 @@
 """Model families as tasks for the shared trainer; importing this registers them all."""
 
+from research.tasks import classifier as _classifier  # noqa: F401
 from research.tasks import diffusion as _diffusion  # noqa: F401
 from research.tasks import gan as _gan  # noqa: F401
 from research.tasks import vae as _vae  # noqa: F401

@@ -25,6 +25,9 @@ class Task(Protocol):
   """What a model family provides to the trainer (see `research/tasks/vae.py` for an example)."""
 
   parts: tuple[str, ...]
+  # Optional: the parts whose parameters keep an EMA when ``train.ema_decay > 0`` (all when the
+  # task does not say); sampling and evaluation use EMA weights only for these.
+  # ema_parts: tuple[str, ...]
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     """Variables of every part, from an example batch (shapes only matter)."""

@@ -5,6 +5,13 @@ times, each with fresh z and augmentations) then ``"gen"``, which sees the discr
 updated. The shared step differentiates each part's loss with respect to that part's parameters
 only; the generator's loss backpropagates *through* the (fixed) discriminator into the generator.
 
+Batches: ``config.batch_size`` is the real images one training step consumes. With
+``train.split_repeats`` each of the n critic updates takes its own strided 1/n of them (the paper's
+dis_bs = batch_size / n, a fresh real batch per critic iteration as in WGAN-GP's Algorithm 1);
+otherwise every critic update reuses the whole batch. The generator's update draws
+``gen_batch_mult`` x dis_bs latents (TransGAN's gen_bs = 2 x dis_bs). Only the generator keeps an
+EMA (``train.ema_decay``); samples and evaluation use it, with D's weights as trained.
+
 Normalisation state (BatchNorm statistics and spectral-norm vectors, both in ``batch_stats``):
 - D's update: reals and fakes go through D as two separate batches (DCGAN practice), each
   normalised with its own batch statistics; D's running averages and spectral-norm ``u`` are
@@ -62,8 +69,13 @@ class GANTask:
   diffaug: tuple[str, ...] = ()  # DiffAugment policy, e.g. ("translation", "cutout", "color")
   latent_dist: str = "normal"  # "normal" N(0, I) | "uniform" U[-1, 1] (DCGAN)
   sample_bn: str = "batch"  # generator normalisation when sampling: "batch" | "running"
-  gen_batch_mult: int = 1  # fakes in G's update = this x the batch (TransGAN: gen_bs 2 x dis_bs)
+  # Fakes in G's update = rows G's update sees x gen_batch_mult / gen_batch_div. The config gives
+  # gen_bs / dis_bs (TransGAN: 128 / 64 = 2); with train.split_repeats G sees n_critic x dis_bs
+  # rows, so make_gan_task sets gen_batch_div = n_critic.
+  gen_batch_mult: int = 1
+  gen_batch_div: int = 1
   parts: tuple[str, ...] = ("disc", "gen")
+  ema_parts: tuple[str, ...] = ("gen",)  # D's weights are used as trained (eval's d_auc too)
 
   # ---- data and networks -------------------------------------------------------------------------
   def real(self, batch: Batch) -> jax.Array:
@@ -167,10 +179,15 @@ class GANTask:
   ) -> tuple[jax.Array, Metrics, Variables]:
     z_key, aug_key = jax.random.split(rng)
     b = self.real(batch).shape[0]
+    if (b * self.gen_batch_mult) % self.gen_batch_div:
+      raise ValueError(
+        f"{b} rows x gen_batch_mult {self.gen_batch_mult} do not divide by {self.gen_batch_div}"
+      )
+    n = b * self.gen_batch_mult // self.gen_batch_div  # the generator's batch
     y = self.labels(batch)
-    if y is not None and self.gen_batch_mult > 1:
-      y = jnp.tile(y, self.gen_batch_mult)
-    z = self.latents(z_key, b * self.gen_batch_mult)
+    if y is not None and n != b:
+      y = jnp.resize(y, (n,))  # the batch's labels, cut or repeated: [n]
+    z = self.latents(z_key, n)
     fake, g_updated = self.generate(variables["gen"], z, y)
     d_fake, _ = self.disc(variables["disc"], fake, y, aug_key)  # D's state is not updated here
     loss = gan_losses.gen_loss(self.loss_type, d_fake)
@@ -262,6 +279,14 @@ def make_gan_task(config: Any, info: data.DatasetInfo) -> GANTask:
     raise UserError(f"config.task.sample_bn={t.sample_bn!r}; use one of {SAMPLE_BN}")
   if t.r1_every < 1 or t.gen_batch_mult < 1:
     raise UserError("config.task.r1_every and config.task.gen_batch_mult must be >= 1")
+  critic_steps = int(config.train.part_steps.get("disc", 1))
+  split = bool(config.train.get("split_repeats", False)) and critic_steps > 1
+  gen_batch_div = critic_steps if split else 1
+  if (config.batch_size * t.gen_batch_mult) % (gen_batch_div * config.train.grad_accum):
+    raise UserError(
+      f"config.batch_size={config.batch_size} x config.task.gen_batch_mult={t.gen_batch_mult} "
+      f"does not divide by {gen_batch_div} critic chunks x {config.train.grad_accum} micro-batches"
+    )
   if t.conditional and not info.num_classes:
     raise UserError(
       f"config.task.conditional is set but {config.data.name} has no labels; set it to False"
@@ -291,4 +316,5 @@ def make_gan_task(config: Any, info: data.DatasetInfo) -> GANTask:
     latent_dist=t.latent_dist,
     sample_bn=t.sample_bn,
     gen_batch_mult=t.gen_batch_mult,
+    gen_batch_div=gen_batch_div,
   )

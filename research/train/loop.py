@@ -21,6 +21,7 @@ from research import data
 from research.errors import UserError
 from research.eval import images as image_io
 from research.eval import run as eval_run
+from research.eval import sample_and_score
 from research.train import setup
 from research.train import sharding as shd
 from research.train import state as state_lib
@@ -69,6 +70,7 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     ema_decay=float(config.train.ema_decay),
     grad_accum=int(config.train.grad_accum),
     part_steps=tuple(sorted(config.train.part_steps.to_dict().items())),
+    split_repeats=bool(config.train.get("split_repeats", False)),
   )
 
 
@@ -97,6 +99,16 @@ def _write_sample_grid(exp, sample_fn, state, step: int, writer: MetricsWriter) 
   if jax.process_index() == 0:
     image_io.save_grid(images, f"{exp.workdir}/samples/step_{step:07d}.png")
     writer.image(step, "samples", image_io.grid(images))
+
+
+_NOT_BUILT = object()  # the sample scorer before the first eval
+
+
+def _eval_summary(results: dict[str, float]) -> str:
+  """The headline eval numbers for the console (all of them go to TensorBoard)."""
+  skip = ("class_fraction/", "_std", "kid_subset_size", "fid_reference_n", "class_entropy_max")
+  shown = {k: v for k, v in results.items() if not any(s in k for s in skip)}
+  return " ".join(f"{k}={v:.4g}" for k, v in shown.items())
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
@@ -138,6 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       file=sys.stderr,
     )
   preemption = Preemption()
+  scorer = _NOT_BUILT
   last_time, last_step = time.time(), start
   in_flight: collections.deque = collections.deque()
   try:
@@ -165,8 +178,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         _write_sample_grid(exp, sample_fn, state, step, writer)
       if tc.eval_every and step % tc.eval_every == 0:
         results = eval_run.evaluate_state(exp, state)
+        if scorer is _NOT_BUILT:  # the feature network loads once, at the first eval
+          scorer = eval_run.make_scorer(exp)
+        if isinstance(scorer, sample_and_score.Scorer):
+          num = config.eval.train_num_samples or config.eval.num_samples
+          results.update(eval_run.score_state(exp, scorer, state, int(num)))
         if is_main:
           writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
+          print(f"eval step {step}: " + _eval_summary(results), flush=True)
       if preempted:
         print(f"SIGTERM: saved step {step}; re-run the same command to resume", file=sys.stderr)
         break

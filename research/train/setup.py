@@ -73,6 +73,27 @@ def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
       f"config.batch_size={config.batch_size} does not split into {accum} micro-batches that "
       f"divide by the {mesh.devices.size} devices; change config.train.grad_accum"
     )
+  check_split_repeats(config, mesh.devices.size)
+
+
+def check_split_repeats(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """With ``train.split_repeats``, each of a part's n updates takes 1/n of the batch, which is
+  then split into ``grad_accum`` micro-batches that each span all devices."""
+  if not config.train.get("split_repeats", False):
+    return
+  accum = config.train.grad_accum
+  for part, n in config.train.part_steps.to_dict().items():
+    if n < 0:
+      raise UserError(f"config.train.part_steps.{part}={n} must be >= 0")
+    if n <= 1:
+      continue
+    rows = config.batch_size // n if config.batch_size % n == 0 else 0
+    if not rows or rows % accum or (rows // accum) % num_devices:
+      raise UserError(
+        f"config.batch_size={config.batch_size} does not split into {n} chunks (one per "
+        f"update of {part!r}, config.train.split_repeats) x {accum} micro-batches that divide by "
+        f"the {num_devices} devices; use a multiple of {n * accum * num_devices}"
+      )
 
 
 def build(

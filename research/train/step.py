@@ -4,8 +4,16 @@ For each part of the state, in the task's order, the step computes that part's l
 with respect to its own parameters (the other parts held fixed), applies the part's optimizer and
 updates its EMA. A later part sees the earlier parts' new parameters, so a GAN's generator step sees
 the discriminator it just updated. A part can take several updates per step
-(``train.part_steps``, e.g. WGAN critics) and gradients can be accumulated over micro-batches
-(``train.grad_accum``) inside the jitted function.
+(``train.part_steps``, e.g. WGAN critics; a ``lax.scan`` over the repetitions, so the update is
+compiled once) and gradients can be accumulated over micro-batches (``train.grad_accum``) inside
+the jitted function.
+
+Repeated updates and the batch: by default every repetition of a part sees the whole batch. With
+``split_repeats`` (``train.split_repeats``) a part updated n > 1 times per step splits the batch into
+n strided chunks (chunk i = rows i, i + n, ..., so each spans all devices) and repetition i uses
+chunk i, as WGAN-GP's critic draws a fresh real batch for each of its iterations (Gulrajani et al.
+2017, Algorithm 1, lines 2-4); parts with one update still see the whole batch. Accumulation then
+splits each chunk into ``grad_accum`` micro-batches, so the batch must divide by n * grad_accum.
 
 Randomness: the run's one key is folded with the step, the part, the repetition and the
 micro-batch. All random draws have global shapes, so with ``jax_threefry_partitionable`` the numbers
@@ -34,9 +42,15 @@ class StepConfig:
   ema_decay: float = 0.0  # 0 = no EMA
   grad_accum: int = 1  # micro-batches per step
   part_steps: tuple[tuple[str, int], ...] = ()  # (part, updates per step); default 1 each
+  split_repeats: bool = False  # repetition i of an n-update part takes chunk i of n of the batch
 
   def updates_of(self, part: str) -> int:
     return dict(self.part_steps).get(part, 1)
+
+  def chunks_of(self, part: str) -> int:
+    """How many pieces the batch is split into for `part`'s updates (1: each sees all of it)."""
+    n = self.updates_of(part)
+    return n if self.split_repeats and n > 1 else 1
 
 
 def _split_microbatches(batch: Batch, n: int, mesh: Mesh | None) -> Batch:
@@ -107,43 +121,62 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The pure step function; `research.train.loop` jits it over the mesh with donated state."""
 
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  def update(
+    state: TrainState, part_index: int, part: str, rep: jax.Array | int, batch: Batch
+  ) -> tuple[TrainState, Metrics]:
+    """One update of `part` on `batch` (its rows for this repetition); its metrics."""
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    all_metrics: Metrics = {}
-    nonfinite_step, nonfinite_metric = state.nonfinite_step, state.nonfinite_metric
-    for part_index, part in enumerate(task.parts):
-      for rep in range(config.updates_of(part)):
-        key = jax.random.fold_in(jax.random.fold_in(step_key, part_index), rep)
-        loss, grads, metrics, collections = _part_grads(
-          task, part, state, batch, key, config.grad_accum, mesh
-        )
-        ps = state.parts[part]
-        updates, opt_state = optimizers[part].update(grads, ps.opt_state, ps.params)
-        params = optax.apply_updates(ps.params, updates)
-        ema = ps.ema_params
-        if config.ema_decay > 0:
-          d = config.ema_decay
-          ema = jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
-        parts = dict(state.parts)
-        parts[part] = PartState(params, opt_state, ema, collections[part])
-        for other in parts:
-          if other != part:
-            parts[other] = parts[other].replace(collections=collections[other])
-        state = state.replace(parts=parts)
-        grad_norm = optax.tree.norm(grads)
-        for i, value in enumerate((loss, grad_norm)):
-          bad = (nonfinite_step < 0) & ~jnp.isfinite(value)
-          nonfinite_metric = jnp.where(bad, 2 * part_index + i, nonfinite_metric)
-          nonfinite_step = jnp.where(bad, state.step, nonfinite_step)
-        # Metrics of the part's last update in this step.
-        all_metrics.update({f"{part}/{k}": v for k, v in metrics.items()})
-        all_metrics[f"{part}/loss"] = loss
-        all_metrics[f"{part}/grad_norm"] = grad_norm
-        all_metrics[f"{part}/param_norm"] = optax.tree.norm(params)
-        all_metrics[f"{part}/update_norm"] = optax.tree.norm(updates)
-    state = state.replace(
-      step=state.step + 1, nonfinite_step=nonfinite_step, nonfinite_metric=nonfinite_metric
+    key = jax.random.fold_in(jax.random.fold_in(step_key, part_index), rep)
+    loss, grads, metrics, collections = _part_grads(
+      task, part, state, batch, key, config.grad_accum, mesh
     )
-    return state, all_metrics
+    ps = state.parts[part]
+    updates, opt_state = optimizers[part].update(grads, ps.opt_state, ps.params)
+    params = optax.apply_updates(ps.params, updates)
+    ema = ps.ema_params
+    if config.ema_decay > 0 and jax.tree.leaves(ema):  # parts without an EMA keep {}
+      d = config.ema_decay
+      ema = jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, ema, params)
+    parts = dict(state.parts)
+    parts[part] = PartState(params, opt_state, ema, collections[part])
+    for other in parts:
+      if other != part:
+        parts[other] = parts[other].replace(collections=collections[other])
+    grad_norm = optax.tree.norm(grads)
+    nonfinite_step, nonfinite_metric = state.nonfinite_step, state.nonfinite_metric
+    for i, value in enumerate((loss, grad_norm)):
+      bad = (nonfinite_step < 0) & ~jnp.isfinite(value)
+      nonfinite_metric = jnp.where(bad, 2 * part_index + i, nonfinite_metric)
+      nonfinite_step = jnp.where(bad, state.step, nonfinite_step)
+    state = state.replace(
+      parts=parts, nonfinite_step=nonfinite_step, nonfinite_metric=nonfinite_metric
+    )
+    out = {f"{part}/{k}": v for k, v in metrics.items()}
+    out[f"{part}/loss"] = loss
+    out[f"{part}/grad_norm"] = grad_norm
+    out[f"{part}/param_norm"] = optax.tree.norm(params)
+    out[f"{part}/update_norm"] = optax.tree.norm(updates)
+    return state, out
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    all_metrics: Metrics = {}
+    for part_index, part in enumerate(task.parts):
+      n = config.updates_of(part)
+      if n == 1:
+        state, metrics = update(state, part_index, part, 0, batch)
+      elif n > 1:
+        # A scan over the repetitions: one compiled update, not n (a critic's k steps).
+        chunks = _split_microbatches(batch, n, mesh) if config.chunks_of(part) > 1 else None
+
+        def body(carry, xs, part_index=part_index, part=part):
+          rep, chunk = xs  # chunk [B / n, ...]: this repetition's own rows, or None
+          return update(carry, part_index, part, rep, batch if chunk is None else chunk)
+
+        state, stacked = jax.lax.scan(body, state, (jnp.arange(n), chunks))
+        metrics = jax.tree.map(lambda m: m[-1], stacked)  # the part's last update in this step
+      else:
+        continue
+      all_metrics.update(metrics)
+    return state.replace(step=state.step + 1), all_metrics
 
   return train_step
