@@ -2,5 +2,6 @@
 
 from research.tasks import classifier as _classifier  # noqa: F401
 from research.tasks import diffusion as _diffusion  # noqa: F401
+from research.tasks import dvae as _dvae  # noqa: F401
 from research.tasks import gan as _gan  # noqa: F401
 from research.tasks import vae as _vae  # noqa: F401
