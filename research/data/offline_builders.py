@@ -168,4 +168,7 @@ class OfflineDigits(tfds.core.GeneratorBasedBuilder):
 
 
 # Names of the builders above, which the pipeline prepares on demand (no download involved).
-OFFLINE_BUILDERS = ("offline_mnist", "offline_digits")
+OFFLINE_BUILDERS = ("offline_mnist", "offline_digits", "offline_captioned_digits")
+
+# The third, offline_captioned_digits (two-digit canvases with captions), lives in captions.py.
+from research.data import captions as _captions  # noqa: E402, F401  (registers it with TFDS)

@@ -11,10 +11,15 @@
   random_flip     bool: random horizontal flips in training
   image_size      int or None: resize to image_size x image_size (bilinear, antialiased, rounded)
   prefetch        int: device batches kept ready by a background thread
+  text_length     int, optional: > 0 maps each example's caption to 'text' int32 [text_length]
+                  through the BPE tokenizer in text_tokenizer (a JSON path; see
+                  `research.data.captions_text`), on the host inside tf.data
+  caption_key     str, optional: the caption feature ('caption'; 'captions/text' for coco_captions)
 
 Batches are dicts of global arrays: 'image' uint8 [B, H, W, C], 'label' int32 [B] when the
-dataset has labels, and in eval also 'mask' float32 [B] (0 for padding rows). Dim 0 is sharded
-over the batch axes of the caller's `NamedSharding` (`spec[0]`); other dims are replicated.
+dataset has labels, 'text' int32 [B, L] with text_length, and in eval also 'mask' float32 [B]
+(0 for padding rows). Dim 0 is sharded over the batch axes of the caller's `NamedSharding`
+(`spec[0]`); other dims are replicated.
 
 Each process reads `tfds.even_splits(split, n=jax.process_count())[jax.process_index()]` and
 builds `global_batch_size // jax.process_count()` examples per batch. The train stream is infinite
@@ -99,6 +104,13 @@ def local_batch_size(
   return global_batch_size // processes
 
 
+def _text_transform(data_config: Any) -> Any:
+  """The caption -> 'text' map when config.data.text_length > 0, else None."""
+  from research.data import captions_text  # pylint: disable=g-import-not-at-top
+
+  return captions_text.text_transform(data_config)
+
+
 def _process_split(split: str) -> Any:
   tfds = tfds_source.import_tfds()
   return tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
@@ -135,6 +147,7 @@ def train_iterator(
     random_flip=bool(tfds_source.field(data_config, "random_flip")),
     image_size=tfds_source.field(data_config, "image_size"),
     process_index=jax.process_index(),
+    text=_text_transform(data_config),
   )
   return device_prefetch.DevicePrefetcher(
     ds.as_numpy_iterator(),
@@ -169,6 +182,7 @@ def eval_iterator(
     local_batch=local_batch,
     num_batches=num_batches,
     image_size=tfds_source.field(data_config, "image_size"),
+    text=_text_transform(data_config),
   )
   return device_prefetch.DevicePrefetcher(
     ds.as_numpy_iterator(),

@@ -36,8 +36,11 @@ def _options() -> Any:
   return options
 
 
-def read_encoded(builder: Any, split: Any, *, seed: int = 0) -> Any:
-  """`split` as a `tf.data.Dataset` of {'image': encoded bytes, 'label'?}, in file order."""
+def read_encoded(builder: Any, split: Any, *, seed: int = 0, caption_key: str | None = None) -> Any:
+  """`split` as a `tf.data.Dataset` of {'image': encoded bytes, 'label'?}, in file order.
+
+  With `caption_key`, examples also carry 'caption': that feature's string(s).
+  """
   tfds = tfds_source.import_tfds()
   read_config = tfds.ReadConfig(options=_options(), shuffle_seed=seed)
   ds = builder.as_dataset(
@@ -47,7 +50,16 @@ def read_encoded(builder: Any, split: Any, *, seed: int = 0) -> Any:
     read_config=read_config,
   )
   keep = ["image"] + (["label"] if "label" in builder.info.features else [])
-  return ds.map(lambda ex: {k: ex[k] for k in keep})
+  if caption_key is None:
+    return ds.map(lambda ex: {k: ex[k] for k in keep})
+  from research.data import captions_text  # pylint: disable=g-import-not-at-top
+
+  return ds.map(
+    lambda ex: {
+      **{k: ex[k] for k in keep},
+      "caption": captions_text.caption_tensor(ex, caption_key),
+    }
+  )
 
 
 def _cardinality(ds: Any, fallback: int) -> int:
@@ -55,14 +67,37 @@ def _cardinality(ds: Any, fallback: int) -> int:
   return n if n >= 0 else fallback
 
 
-def _preprocess_fn(builder: Any, image_size: int | None) -> Any:
-  """Decodes the image, resizes it when asked (bilinear, antialiased, rounded) and casts labels."""
+def _text_fn(text: Any) -> Any:
+  """(caption string(s), coin in [0, 1)) -> "text" int32 [L]: one caption through the tokenizer.
+
+  An example with several captions (coco_captions) uses caption floor(coin * n): a stateless coin
+  per stream position in training, the first caption (coin 0) in eval.
+  """
+  tf = tfds_source.import_tf()
+
+  def to_text(caption: Any, coin: Any) -> Any:
+    caption = tf.reshape(caption, [-1])
+    n = tf.shape(caption)[0]
+    i = tf.minimum(tf.cast(coin * tf.cast(n, tf.float32), tf.int32), n - 1)
+    ids = tf.numpy_function(text.encode, [caption[i]], tf.int32, stateful=False)
+    return tf.ensure_shape(ids, [text.length])
+
+  return to_text
+
+
+def _preprocess_fn(builder: Any, image_size: int | None, text: Any = None) -> Any:
+  """Decodes the image, resizes it when asked (bilinear, antialiased, rounded) and casts labels.
+
+  With `text` (a `captions_text.TextTransform`), the 'caption' becomes "text" int32 [L].
+  """
   tf = tfds_source.import_tf()
   feature = builder.info.features["image"]
   h, w, c = tfds_source.image_shape(builder, image_size)
   resize = bool(image_size) and tuple(feature.shape[:2]) != (h, w)
 
-  def preprocess(ex: dict[str, Any]) -> dict[str, Any]:
+  to_text = _text_fn(text) if text is not None else None
+
+  def preprocess(ex: dict[str, Any], coin: Any = 0.0) -> dict[str, Any]:
     image = feature.decode_example(ex["image"])
     if resize:
       image = tf.image.resize(image, [h, w], method="bilinear", antialias=True)
@@ -71,6 +106,8 @@ def _preprocess_fn(builder: Any, image_size: int | None) -> Any:
     out = {"image": image}
     if "label" in ex:
       out["label"] = tf.cast(ex["label"], tf.int32)
+    if to_text is not None:
+      out["text"] = to_text(ex["caption"], coin)
     return out
 
   return preprocess
@@ -87,10 +124,14 @@ def train_dataset(
   random_flip: bool,
   image_size: int | None,
   process_index: int,
+  text: Any = None,
 ) -> Any:
-  """The infinite, deterministic stream of local batches from `start_step` on."""
+  """The infinite, deterministic stream of local batches from `start_step` on.
+
+  `text` (a `captions_text.TextTransform` or None) adds "text" int32 [L] from the captions.
+  """
   tf = tfds_source.import_tf()
-  base = read_encoded(builder, split, seed=seed)
+  base = read_encoded(builder, split, seed=seed, caption_key=text and text.caption_key)
   n = _cardinality(base, tfds_source.num_examples(builder, split))
   if n == 0:
     raise UserError(
@@ -111,11 +152,13 @@ def train_dataset(
       ds = ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     return ds.enumerate().map(lambda i, ex: {**ex, "index": e * n + i})
 
-  preprocess = _preprocess_fn(builder, image_size)
+  preprocess = _preprocess_fn(builder, image_size, text)
+  caption_key = tf.constant(_key("caption", seed, process_index), tf.int64)
 
   def augment(ex: dict[str, Any]) -> dict[str, Any]:
     index = ex.pop("index")
-    out = preprocess(ex)
+    coin = tf.random.stateless_uniform([], seed=tf.stack([caption_key, index])) if text else 0.0
+    out = preprocess(ex, coin)
     if random_flip:
       coin = tf.random.stateless_uniform([], seed=tf.stack([flip_key, index]))
       image = out["image"]
@@ -147,15 +190,16 @@ def eval_dataset(
   local_batch: int,
   num_batches: int,
   image_size: int | None,
+  text: Any = None,
 ) -> Any:
   """One pass over `split` in `num_batches` local batches with a float32 'mask' (0 = padding)."""
   tf = tfds_source.import_tf()
-  base = read_encoded(builder, split)
+  base = read_encoded(builder, split, caption_key=text and text.caption_key)
   n = _cardinality(base, tfds_source.num_examples(builder, split, "config.data.eval_split"))
   pad = num_batches * local_batch - n
   if pad < 0:
     raise ValueError(f"eval part has {n} examples, more than {num_batches} x {local_batch}")
-  preprocess = _preprocess_fn(builder, image_size)
+  preprocess = _preprocess_fn(builder, image_size, text)
 
   def real(ex: dict[str, Any]) -> dict[str, Any]:
     return {**preprocess(ex), "mask": tf.constant(1.0, tf.float32)}

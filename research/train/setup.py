@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 import research.models  # noqa: F401  (registers the networks)
 import research.tasks  # noqa: F401  (registers the families)
 from research import data
+from research.data import captions_text
 from research.errors import UserError
 from research.registry import TASKS
 from research.tasks.base import Task
@@ -107,6 +108,7 @@ def build(
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
   validate(config, mesh)
   info = info or prepare_data(config)
+  captions_text.prepare_tokenizer(config.data, workdir)  # a tokenizer when data.text_length > 0
   task = build_task(config, info)
   optimizers = make_optimizers(
     config.optim, task.parts, config.train.num_steps, config.train.part_steps.to_dict()

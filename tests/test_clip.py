@@ -1,0 +1,155 @@
+"""The CLIP family: InfoNCE against NumPy, the temperature, `score`, and a short training run on
+captioned digits that retrieves held-out captions and classifies digits zero-shot far above chance."""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.models.clip import ClipModel
+from research.tasks import clip
+from tests.run_helpers import REPO, load_config
+
+
+def _numpy_info_nce(img, txt, scale):
+  logits = scale * img @ txt.T
+  n = len(logits)
+  row = -np.mean([logits[i, i] - np.log(np.sum(np.exp(logits[i]))) for i in range(n)])
+  col = -np.mean([logits[j, j] - np.log(np.sum(np.exp(logits[:, j]))) for j in range(n)])
+  return (row + col) / 2
+
+
+def test_info_nce_matches_numpy():
+  rng = np.random.default_rng(0)
+  img, txt = rng.normal(size=(2, 6, 5))
+  img /= np.linalg.norm(img, axis=1, keepdims=True)
+  txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+  for scale in (1.0, 14.3, 100.0):
+    loss, logits = clip.info_nce(jnp.asarray(img), jnp.asarray(txt), jnp.asarray(scale))
+    np.testing.assert_allclose(float(loss), _numpy_info_nce(img, txt, scale), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(logits), scale * img @ txt.T, rtol=1e-5)
+  # Asymmetric pairs: swapping the towers gives the same symmetric loss.
+  a, _ = clip.info_nce(jnp.asarray(img), jnp.asarray(txt), 3.0)
+  b, _ = clip.info_nce(jnp.asarray(txt), jnp.asarray(img), 3.0)
+  np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+
+
+def test_temperature_and_score():
+  model = ClipModel(
+    vocab_size=40,
+    text_length=6,
+    embed_dim=8,
+    image_channels=(4, 8),
+    image_width=16,
+    text_width=16,
+    text_depth=1,
+    text_heads=2,
+  )
+  task = clip.CLIPTask(model=model, text_length=6)
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.integers(0, 256, (3, 16, 32, 1)), jnp.uint8)
+  text = jnp.asarray(rng.integers(0, 40, (3, 6)), jnp.int32)
+  variables = jax.jit(task.init)(jax.random.key(0), {"image": images})
+  embed = jax.jit(task.embed)
+  np.testing.assert_allclose(
+    float(variables["model"]["params"]["log_scale"]), math.log(1 / 0.07), rtol=1e-6
+  )
+  img, txt, scale = embed(variables, images, text)
+  np.testing.assert_allclose(float(scale), 1 / 0.07, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(img), axis=1), 1.0, rtol=1e-5)
+  score = jax.jit(task.score)(variables, images, text)
+  assert score.shape == (3,) and score.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(score), np.sum(np.asarray(img * txt), 1) / 0.07, rtol=1e-4)
+  big = jax.tree.map(lambda x: x, variables)
+  big["model"]["params"]["log_scale"] = jnp.asarray(10.0)  # exp(10) > 100: clipped
+  np.testing.assert_allclose(float(embed(big, images, text)[2]), 100.0)
+  # The text feature is read at the last position, which (causally) sees every token: changing
+  # the first token changes it.
+  other = text.at[:, 0].set((text[:, 0] + 1) % 40)
+  assert not np.allclose(np.asarray(embed(variables, images, other)[1]), np.asarray(txt))
+
+
+@pytest.fixture(scope="module")
+def no_cache_writes():
+  """Keeps this module's 8-device executables out of the persistent compilation cache.
+
+  With jax 0.10.2 on the fake 8-device CPU, the CLIP step *loaded from the persistent cache*
+  deadlocks in XLA's in-process all-gather rendezvous (devices wait at different collectives,
+  `rendezvous.cc` aborts after 40 s); compiled afresh it runs. Nothing is written while this is on.
+  """
+  old = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+  yield
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old)
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory, no_cache_writes):
+  from research.eval import run as eval_run
+  from research.train import loop
+
+  config = load_config(os.path.join(REPO, "experiments", "clip_digits.py"), "runlocal")
+  config.data.data_dir = data_dir
+  config.batch_size = 64
+  config.train.num_steps = 160
+  config.train.log_every = 40
+  config.train.checkpoint_every = 160
+  config.train.async_checkpoint = False
+  config.optim.model.learning_rate = 2e-3
+  config.optim.model.warmup_steps = 20
+  config.model.update(
+    {
+      "image_channels": (8, 16, 32),
+      "image_width": 64,
+      "text_width": 32,
+      "text_depth": 1,
+      "text_heads": 2,
+      "embed_dim": 32,
+    }
+  )
+  config.eval.batch_size = 256
+  workdir = str(tmp_path_factory.mktemp("clip"))
+  loop.train(config, workdir)
+  return workdir, eval_run.run_eval(config, workdir)
+
+
+def test_short_training_run_retrieves_held_out_captions(trained):
+  from research.data import captions
+
+  _, results = trained
+  labels = captions.split_canvases("test")["label"]
+  _, counts = np.unique(labels, axis=0, return_counts=True)
+  chance = float(np.sum((counts / counts.sum()) ** 2))  # a random pick has the same digits
+  assert chance < 0.05
+  assert results["num_examples"] == 2_000
+  for key in ("i2t_label_top1", "t2i_label_top1"):
+    assert results[key] > max(0.3, 8 * chance), (key, results)
+  assert results["i2t_top1"] > 10 / 256  # exact pair among 256 candidates
+  assert results["zero_shot_digit_acc"] > 0.5  # chance 0.1
+  assert results["num_held_out"] > 400 and results["t2i_label_top1_held_out"] > 4 * chance
+
+
+def test_load_clip_restores_the_trained_model(trained, data_dir):
+  from research import data
+  from research.train import sharding as shd
+
+  workdir, _ = trained
+  task, variables = clip.load_clip(workdir)
+  assert isinstance(task, clip.CLIPTask)
+  config = load_config(os.path.join(REPO, "experiments", "clip_digits.py"), "runlocal")
+  config.data.data_dir = data_dir
+  config.data.text_tokenizer = os.path.join(workdir, "text_tokenizer.json")
+  batch = next(
+    iter(
+      data.eval_iterator(
+        config.data, global_batch_size=16, sharding=shd.batch_sharding(shd.make_mesh(-1, 1))
+      )
+    )
+  )
+  score = np.asarray(jax.jit(task.score)(variables, batch["image"], batch["text"]))
+  shuffled = np.asarray(jax.jit(task.score)(variables, batch["image"], batch["text"][::-1]))
+  assert score.shape == (16,) and np.isfinite(score).all()
+  assert np.mean(score) > np.mean(shuffled) + 1.0  # trained: matching captions score higher

@@ -1,0 +1,80 @@
+"""dalle_digits end to end through research.main (stand-in tokenizer), and the dVAE tokenizer path."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import data
+from research.tasks import dalle_sampling
+from research.tasks.dalle import DalleTask
+from research.tasks.dalle_support import DVAETokens
+from tests.run_helpers import REPO, run_main
+
+CONFIG = os.path.join(REPO, "experiments", "dalle_digits.py") + ":runlocal,tokenizer=patches"
+TINY = (
+  "--config.model.depth=2",
+  "--config.model.width=32",
+  "--config.model.num_heads=2",
+  "--config.batch_size=8",
+  "--config.eval.batch_size=500",
+  "--config.sample.num_samples=6",
+  "--config.sample.per_caption=1",
+)
+
+
+def test_dalle_digits_trains_and_samples_through_main(tmp_path, data_dir):
+  workdir = str(tmp_path / "dalle")
+  run_main(
+    workdir, data_dir, *TINY, "--config.train.num_steps=2", "--config.train.log_every=1",
+    config=CONFIG, timeout=600,
+  )  # fmt: skip
+  assert os.path.exists(os.path.join(workdir, "text_tokenizer.json"))
+  run_main(workdir, data_dir, *TINY, "--mode=sample", config=CONFIG, timeout=600)
+  out = np.load(os.path.join(workdir, "samples.npz"))
+  assert out["images"].shape == (6, 32, 64, 1) and out["images"].dtype == np.uint8
+  # The digits each of the config's six captions asks for, in order.
+  np.testing.assert_array_equal(out["labels"], [[7, -1], [-1, 2], [3, 5], [4, 1], [0, 5], [8, 6]])
+  assert os.path.exists(os.path.join(workdir, "captions.png"))
+  # --mode=eval is the generic path of tests/test_loop.py; the task's evaluate() is tested in
+  # tests/test_dalle_task.py (a third subprocess here cost ~40 s of CI time).
+
+
+def test_dvae_tokens_feed_the_transformer():
+  """An (untrained) dVAE of experiments/dvae_mnist.py as the frozen tokenizer of a 32x64 canvas."""
+  from experiments import dvae_mnist
+  from research.models.dalle import DalleTransformer
+  from research.registry import TASKS
+
+  config = dvae_mnist.get_config("runlocal")
+  info = data.DatasetInfo((32, 64, 1), None, 0, 0)
+  dvae = TASKS.get("dvae")(config, info)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 64, 1)), jnp.uint8)
+  dvae_vars = jax.jit(dvae.init)(jax.random.key(0), {"image": images})
+  tokens = DVAETokens(dvae)
+  assert tokens.grid_shape == (8, 16)
+  model = DalleTransformer(
+    text_vocab=20, text_length=4, image_vocab=tokens.vocab_size, grid=tokens.grid_shape,
+    width=32, depth=2, num_heads=2, conv_kernel=3,
+  )  # fmt: skip
+  task = DalleTask(
+    model=model,
+    tokens=tokens,
+    frozen=jax.device_get(dvae_vars),
+    captions=("a seven",),
+    caption_ids=np.array([[3, 16, 17, 18, 19][:4]], np.int32),
+    sampling=dalle_sampling.SamplingConfig(temperature=0.0),
+    image_shape=(32, 64, 1),
+  )
+  v = jax.jit(task.init)(jax.random.key(1), {})
+  batch = {"image": images, "text": jnp.zeros((2, 4), jnp.int32)}
+  loss, metrics, _ = jax.jit(lambda v, b: task.loss("model", v, b, jax.random.key(2), train=False))(
+    v, batch
+  )
+  assert np.isfinite(float(loss)) and float(metrics["image_nll"]) > 0
+  # The loss encodes with the dVAE's argmax: the tokens equal the dVAE's own.
+  want = jax.jit(dvae.encode_tokens)(dvae_vars, images).reshape(2, -1)
+  np.testing.assert_array_equal(jax.jit(task.image_tokens)(v["model"], images), want)
+  out = jax.jit(lambda v, r: task.sample(v, r, 2))(v, jax.random.key(3))
+  assert out["images"].shape == (2, 32, 64, 1) and out["images"].dtype == jnp.uint8
