@@ -160,11 +160,15 @@ def test_short_training_run_lowers_held_out_nll():
 
 
 def test_caption_digit_agreement_bookkeeping():
+  seen = []
+
   class AlwaysOne:
     params = None
+    input_size = IMAGE_SHAPE[0] - 2  # smaller than a cell: the classifier sees the centre crop
 
     @staticmethod
     def apply(params, images):
+      seen.append(images.shape[1:3])
       return {"logits": jnp.tile(jax.nn.one_hot(1, 10), (images.shape[0], 1))}
 
   task = make_task(classifier=lambda: AlwaysOne, agreement_samples=32)
@@ -174,6 +178,7 @@ def test_caption_digit_agreement_bookkeeping():
   labels = np.concatenate([b["label"][:, 0] for b in held_out[:2]])  # the first 32 captions
   assert out["agreement_cells"] == 32 and out["num_examples"] == 48
   np.testing.assert_allclose(out["caption_digit_agreement"], np.mean(labels == 1))
+  assert set(seen) == {(IMAGE_SHAPE[0] - 2, IMAGE_SHAPE[0] - 2)}
 
   def missing():
     raise UserError("no digits classifier; train one")

@@ -234,12 +234,25 @@ class DalleTask:
       mask = np.asarray(batch["mask"]) > 0
       size = images.shape[1]  # square cells side by side: W // H of them
       for cell in range(min(labels.shape[1], images.shape[2] // size)):
-        crop = images[:, :, cell * size : (cell + 1) * size]
+        crop = _fit(images[:, :, cell * size : (cell + 1) * size], net.input_size)
         pred = np.argmax(np.asarray(net.apply(net.params, crop)["logits"]), axis=-1)
         ok = mask & (labels[:, cell] >= 0)
         hits += int(np.sum((pred == labels[:, cell]) & ok))
         total += int(np.sum(ok))
     return {"caption_digit_agreement": hits / max(total, 1), "agreement_cells": float(total)}
+
+
+def _fit(cells: np.ndarray, side: int) -> np.ndarray:
+  """uint8 cells [B, S, S, C] -> [B, side, side, C] for the classifier: the centre crop when the
+  cell is larger (a captioned-digits cell is a 28x28 digit padded to 32x32), else a resize."""
+  s = cells.shape[1]
+  if s >= side:
+    o = (s - side) // 2
+    return cells[:, o : o + side, o : o + side]
+  resized = jax.image.resize(
+    cells.astype(np.float32), (len(cells), side, side, cells.shape[-1]), "bilinear"
+  )
+  return np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
 
 
 def _cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
