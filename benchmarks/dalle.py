@@ -86,9 +86,7 @@ def main(argv):
   del argv
   from research.train import sharding as shd
   from research.train import state as state_lib
-  from research.train.loop import step_config
   from research.train.optim import make_optimizers
-  from research.train.step import make_train_step
 
   jax.config.update("jax_threefry_partitionable", True)
   config = harness._CONFIG.value
@@ -115,26 +113,9 @@ def main(argv):
     },
     bs,
   )
-  step = jax.jit(
-    make_train_step(task, optimizers, step_config(config), mesh),
-    donate_argnums=0,
-    in_shardings=(shardings, bs),
-    out_shardings=(shardings, shd.replicated(mesh)),
+  state, metrics, compile_s, xla_flops, step_s = harness.time_step(
+    task, optimizers, config, mesh, state, shardings, batch, harness._STEPS.value, warmup=2
   )
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  xla_flops = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
-  for _ in range(2):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  t0 = time.perf_counter()
-  for _ in range(harness._STEPS.value):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - t0) / harness._STEPS.value
 
   per_seq, p_nonembed = flops_per_sequence(state.parts["model"].params, model)
   flops = per_seq * batch_size

@@ -68,13 +68,43 @@ def synthetic_batch(info, batch_size: int, sharding) -> dict[str, jax.Array]:
   return jax.device_put(batch, sharding)
 
 
+def time_step(task, optimizers, config, mesh, state, shardings, batch, steps: int, warmup: int = 3):
+  """Compiles the shared step for `state`/`batch` and times it.
+
+  Returns (state, metrics, compile seconds, XLA FLOPs per step over all devices, seconds per step).
+  """
+  from research.train import sharding as shd
+  from research.train.loop import step_config
+  from research.train.step import make_train_step
+
+  step = jax.jit(
+    make_train_step(task, optimizers, step_config(config), mesh),
+    donate_argnums=0,
+    in_shardings=(shardings, shd.batch_sharding(mesh)),
+    out_shardings=(shardings, shd.replicated(mesh)),
+  )
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  # XLA's cost analysis of a sharded program counts one device's share.
+  flops = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready((state, metrics))
+  return state, metrics, compile_s, flops, (time.perf_counter() - t0) / steps
+
+
 def benchmark(config, info, steps: int) -> dict:
   from research.train import setup
   from research.train import sharding as shd
   from research.train import state as state_lib
-  from research.train.loop import step_config
   from research.train.optim import make_optimizers
-  from research.train.step import make_train_step
 
   mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
   shd.check_batch_size(config.batch_size, mesh)
@@ -94,28 +124,9 @@ def benchmark(config, info, steps: int) -> dict:
   state, shardings = state_lib.init_sharded(make, mesh, config.mesh.fsdp_min_size)
   batch_sharding = shd.batch_sharding(mesh)
   batch = synthetic_batch(info, config.batch_size, batch_sharding)
-  step = jax.jit(
-    make_train_step(task, optimizers, step_config(config), mesh),
-    donate_argnums=0,
-    in_shardings=(shardings, batch_sharding),
-    out_shardings=(shardings, shd.replicated(mesh)),
+  state, metrics, compile_s, flops, step_s = time_step(
+    task, optimizers, config, mesh, state, shardings, batch, steps
   )
-  t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  # XLA's cost analysis of a sharded program counts one device's share.
-  flops_per_device = float(cost.get("flops", 0.0)) if cost else 0.0
-  flops = flops_per_device * jax.device_count()
-  for _ in range(3):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready((state, metrics))
-  step_s = (time.perf_counter() - t0) / steps
   device = jax.devices()[0]
   peak = peak_tflops(device)
   achieved = flops / step_s / 1e12 if flops else None
