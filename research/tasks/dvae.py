@@ -16,6 +16,11 @@ see `dvae_math.cosine_schedule`). The bound on ln p(y) holds for beta = 1 only; 
 beta = 1. Numbers are nats per dimension of the mapped continuous pixels y (a density, so they go
 negative): they are not discrete bits/dim of 8-bit images.
 
+`log_b_min` (not in the paper; default None) floors ln b smoothly, ln b = m + softplus(raw - m):
+on 8-bit data a pixel at exactly 0 or 255 maps to exactly eps or 1 - eps, where the density grows
+without bound as b -> 0. Binarised digits are mostly such pixels (experiments/dvae_mnist.py
+measures what the floor buys); the bound stays a bound, of a likelihood with b >= e^m.
+
 Tokens for stage 2 are the argmax of the logits, without Gumbel noise (`encode_tokens`).
 """
 
@@ -51,6 +56,7 @@ class DVAETask:
   tau_end: float = 1.0 / 16.0
   tau_steps: int = 150_000  # tau: tau_start -> tau_end, cosine
   eps: float = dvae_math.LOGIT_LAPLACE_EPS
+  log_b_min: float | None = None  # floor on ln b (see `_decode`); None: the paper's unbounded b
   parts: tuple[str, ...] = ("model",)
 
   # ---- pieces -----------------------------------------------------------------------------------
@@ -78,7 +84,10 @@ class DVAETask:
   def _decode(self, params: Any, z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Codes [B, h, w, K] -> (mu, ln b), each float32 [B, H, W, C]."""
     out = self.model.apply({"params": params}, z, method="decode")
-    return jnp.split(out, 2, axis=-1)
+    mu, log_b = jnp.split(out, 2, axis=-1)
+    if self.log_b_min is not None:  # a smooth floor: ln b = m + softplus(raw - m) > m
+      log_b = self.log_b_min + jax.nn.softplus(log_b - self.log_b_min)
+    return mu, log_b
 
   def _nll(self, params: Any, z: jax.Array, y: jax.Array) -> jax.Array:
     """-ln p(y | z) per image [B], nats, summed over the H * W * C dimensions."""
@@ -286,4 +295,5 @@ def make_dvae_task(config: Any, info: data.DatasetInfo) -> DVAETask:
     tau_end=float(t.tau_end),
     tau_steps=int(t.tau_steps),
     eps=float(t.eps),
+    log_b_min=None if t.get("log_b_min") is None else float(t.log_b_min),
   )
