@@ -153,3 +153,50 @@ def test_load_clip_restores_the_trained_model(trained, data_dir):
   shuffled = np.asarray(jax.jit(task.score)(variables, batch["image"], batch["text"][::-1]))
   assert score.shape == (16,) and np.isfinite(score).all()
   assert np.mean(score) > np.mean(shuffled) + 1.0  # trained: matching captions score higher
+
+
+def test_dalle_reranking_with_the_trained_clip_keeps_the_matching_canvas(trained):
+  """The paper's reranking through `DalleTask.generate_images` and the trained CLIP: for each
+  held-out caption, 8 candidate canvases (its own real canvas among 7 others) stand in for the
+  sampler's draws; CLIP keeps one. The kept canvas shows the caption's digits far above chance."""
+  import dataclasses
+
+  from research.data import captions
+  from research.tasks.dalle import DalleTask
+  from research.text import TextTokenizer
+
+  workdir, _ = trained
+  clip_task, variables = clip.load_clip(workdir)
+  test = captions.split_canvases("test")
+  n, c = 32, 8
+  rng = np.random.default_rng(0)
+  # Candidate j of caption i: canvas i at a random slot, the rest drawn from the other canvases.
+  bank = np.asarray(test["image"])  # [N, 32, 64, 1]
+  slot = rng.integers(0, c, n)
+  picks = rng.integers(n, len(bank), (n, c))
+  picks[np.arange(n), slot] = np.arange(n)
+
+  @dataclasses.dataclass(frozen=True)
+  class BankTokens:  # "token" k decodes to canvas k of the bank
+    grid_shape = (1, 1)
+
+    def decode_tokens(self, variables, tokens):
+      return jnp.asarray(bank)[tokens[:, 0, 0]]
+
+  class BankSampler(DalleTask):
+    def _generate(self, params, text, rng):  # [n*c, L] -> "tokens" [n*c, 1]
+      return jnp.asarray(picks.reshape(-1, 1), jnp.int32)
+
+  task = BankSampler(model=None, tokens=BankTokens(), rerank=(clip_task, variables), candidates=c)
+  tokenizer = TextTokenizer.load(os.path.join(workdir, "text_tokenizer.json"))
+  clip_text = jnp.asarray(tokenizer.encode(list(test["caption"][:n])))
+  images, kept = task.generate_images({"model": {"params": {}}}, clip_text, None, clip_text)
+  kept = np.asarray(kept)[:, 0]
+  np.testing.assert_array_equal(np.asarray(images), bank[kept])
+  labels = np.asarray(test["label"])
+  same_digits = np.mean(np.all(labels[kept] == labels[:n], axis=1))
+  chance = np.mean(np.all(labels[picks] == labels[:n, None], axis=2))  # a random candidate
+  print(
+    f"\nreranked: {same_digits:.2f} show the caption's digits (a random candidate: {chance:.2f})"
+  )
+  assert chance < 0.3 and same_digits > max(0.6, 2 * chance), (same_digits, chance)

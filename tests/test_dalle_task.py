@@ -1,5 +1,7 @@
 """The DALL-E task: loss weighting by hand, KV-cached sampling == recomputation, FSDP == DP, learning."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -74,6 +76,61 @@ def test_kv_cached_sampling_equals_full_recomputation(cfg):
   )
   np.testing.assert_array_equal(np.asarray(cached), np.asarray(full))
   assert cached.shape == (2, 16) and np.unique(np.asarray(cached)).size > 1
+
+
+def test_reranking_keeps_the_candidate_the_scorer_prefers():
+  """Reranking draws `candidates` images per caption from one sampler call and keeps, per caption,
+  the one the CLIP stand-in scores highest (here: the brightest, if the caption id is odd)."""
+
+  class BrightnessScorer:
+    @staticmethod
+    def score(variables, images, text):  # [B*c, H, W, C], [B*c, L'] -> [B*c]
+      sign = jnp.where(text[:, 0] % 2 == 1, 1.0, -1.0)
+      return sign * jnp.mean(images.astype(jnp.float32), axis=(1, 2, 3)) * variables["gain"]
+
+  c = 4
+  task = make_task(
+    rerank=(BrightnessScorer, {"gain": jnp.float32(1.0)}),
+    candidates=c,
+    sampling=dalle_sampling.SamplingConfig(temperature=1.0),
+  )
+  v = jax.jit(task.init)(jax.random.key(0), {})
+  text = jnp.asarray(task.caption_ids)  # [2, L]
+  clip_text = jnp.array([[1, 0], [2, 0]], jnp.int32)  # caption 0: brightest; 1: darkest
+  key = jax.random.key(11)
+  images, tokens = jax.jit(task.generate_images)(v, text, key, clip_text)
+  assert images.shape == (2, *IMAGE_SHAPE) and tokens.shape == (2, 16)
+  # All candidates, as reranking drew them: caption i's are rows i*c .. i*c + c - 1.
+  every = task._generate(v["model"]["params"], jnp.repeat(text, c, axis=0), key)
+  brightness = np.asarray(task.decode(v["model"], every), np.float64).mean((1, 2, 3))
+  brightness = brightness.reshape(2, c)
+  assert np.ptp(brightness[0]) > 0 and np.ptp(brightness[1]) > 0  # a real choice was made
+  want = [np.argmax(brightness[0]), c + np.argmin(brightness[1])]
+  np.testing.assert_array_equal(np.asarray(tokens), np.asarray(every)[want])
+  # Without CLIP ids (or with one candidate) there is no reranking: one draw per caption.
+  plain, _ = jax.jit(task.generate_images)(v, text, key)
+  assert plain.shape == (2, *IMAGE_SHAPE)
+
+  # Eval reranks too: each held-out batch's captions go through `to_clip_ids` on the host.
+  seen = []
+
+  def to_clip_ids(ids):
+    seen.append(np.asarray(ids))
+    return np.stack([ids[:, 0], ids[:, 1]], axis=1).astype(np.int32)
+
+  class Classifier:
+    params, input_size = None, IMAGE_SHAPE[0]
+
+    @staticmethod
+    def apply(params, images):
+      x = images.astype(jnp.float32).reshape(images.shape[0], -1) / 255.0
+      return {"logits": x[:, :10], "features": x[:, :3]}
+
+  ranked = dataclasses.replace(task, to_clip_ids=to_clip_ids, classifier=lambda: Classifier)
+  held_out = [dict(b, mask=np.ones(16, np.float32)) for b in synthetic_batches(2, seed=5)]
+  out = ranked.evaluate(v, iter(held_out), jax.random.key(1))
+  assert out["agreement_cells"] == 32  # agreement_samples defaults to 200: both batches kept
+  np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([b["text"] for b in held_out]))
 
 
 def test_filter_logits_top_k_and_nucleus():
@@ -159,7 +216,7 @@ def test_short_training_run_lowers_held_out_nll():
   assert png.ndim == 3 and png.shape[1] == 2 * (16 + 2) and png.shape[0] > 2 * 18
 
 
-def test_caption_digit_agreement_bookkeeping():
+def test_caption_digit_agreement_and_fid_bookkeeping():
   seen = []
 
   class AlwaysOne:
@@ -169,16 +226,45 @@ def test_caption_digit_agreement_bookkeeping():
     @staticmethod
     def apply(params, images):
       seen.append(images.shape[1:3])
-      return {"logits": jnp.tile(jax.nn.one_hot(1, 10), (images.shape[0], 1))}
+      x = images.astype(jnp.float32) / 255.0
+      features = jnp.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), x[:, 0, 0, 0]], axis=1)
+      return {"logits": jnp.tile(jax.nn.one_hot(1, 10), (images.shape[0], 1)), "features": features}
 
   task = make_task(classifier=lambda: AlwaysOne, agreement_samples=32)
   held_out = [dict(b, mask=np.ones(16, np.float32)) for b in synthetic_batches(3, seed=5)]
   v = jax.jit(task.init)(jax.random.key(0), {})
   out = task.evaluate(v, iter(held_out), jax.random.key(1))
   labels = np.concatenate([b["label"][:, 0] for b in held_out[:2]])  # the first 32 captions
-  assert out["agreement_cells"] == 32 and out["num_examples"] == 48
+  assert out["agreement_cells"] == 32 and out["num_examples"] == 48 and out["fid_n"] == 32
   np.testing.assert_allclose(out["caption_digit_agreement"], np.mean(labels == 1))
+  np.testing.assert_allclose(out["real_digit_agreement"], np.mean(labels == 1))
   assert set(seen) == {(IMAGE_SHAPE[0] - 2, IMAGE_SHAPE[0] - 2)}
+
+  # FID by hand from the same features: generated cells (same rng per batch) vs the real cells.
+  def feats(images):
+    return np.asarray(AlwaysOne.apply(None, jnp.asarray(images)[:, 1:-1, 1:-1])["features"])
+
+  gen = [
+    task.generate_images(v, b["text"], jax.random.fold_in(jax.random.key(1), i))[0]
+    for i, b in enumerate(held_out[:2])
+  ]
+  f_gen = np.concatenate([feats(g) for g in gen]).astype(np.float64)
+  f_real = np.concatenate([feats(b["image"]) for b in held_out[:2]]).astype(np.float64)
+  import scipy.linalg
+
+  m1, m2 = f_real.mean(0), f_gen.mean(0)
+  s1, s2 = np.cov(f_real, rowvar=False), np.cov(f_gen, rowvar=False)
+  root = scipy.linalg.sqrtm(s1 @ s2).real
+  expected = np.sum((m1 - m2) ** 2) + np.trace(s1 + s2 - 2 * root)
+  np.testing.assert_allclose(out["fid"], expected, rtol=1e-3, atol=1e-6)
+  assert out["fid"] > 1e-3 and np.isfinite(out["kid"])
+
+  # A "generator" that returns the real canvases of the captions: FID 0, the real agreement.
+  reals = iter([b["image"] for b in held_out[:2]])
+  object.__setattr__(task, "_generate_jit", lambda v, text, rng, clip_text: (next(reals), None))
+  copy = task.evaluate(v, iter(held_out), jax.random.key(1))
+  assert abs(copy["fid"]) < 1e-6, copy
+  assert copy["caption_digit_agreement"] == copy["real_digit_agreement"]
 
   def missing():
     raise UserError("no digits classifier; train one")

@@ -17,7 +17,8 @@
   (`research.tasks.clip.load_clip`) scores ``sample.candidates`` images per caption and keeps the best.
 - Eval: held-out NLL of caption and image tokens (nats/token; image also bits per pixel), and, with
   ``task.classifier`` (a `research.eval.feature_nets` name, e.g. digits_classifier), the fraction of
-  digits a classifier reads in generated canvases that agree with what the caption asks for.
+  digits a classifier reads in generated canvases that agree with what the caption asks for, and
+  the FID / KID of the generated digits against the real ones of the same held-out captions.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class DalleTask:
   per_caption: int = 8  # images per caption in the artifact
   rerank: Any = None  # (clip_task, clip_variables) or None
   clip_caption_ids: Any = None  # int32 [C, L']: the sample captions in CLIP's tokenizer
+  # host: caption ids int [B, L] of this model -> int32 [B, L'] of the reranker's tokenizer
+  to_clip_ids: Callable[[np.ndarray], np.ndarray] | None = None
   candidates: int = 1  # images drawn per kept image when reranking
   classifier: Callable[[], Any] | None = None  # loads a FeatureNet for caption-digit agreement
   agreement_samples: int = 200
@@ -220,26 +223,57 @@ class DalleTask:
     return results
 
   def _agreement(self, variables: Variables, kept: list[Batch], rng: jax.Array) -> dict[str, float]:
-    """Generated canvases for held-out captions, each square cell classified and compared with the
-    digit the caption asks for (cells the caption leaves empty are skipped)."""
+    """Generated canvases for held-out captions against the real canvases of the same captions.
+
+    Each square cell the caption fills (cells it leaves empty are skipped) is classified and
+    embedded by the classifier, for the generated and the real canvas alike:
+    ``caption_digit_agreement`` is the share of generated cells read as the digit the caption asks
+    for (``real_digit_agreement``, the same for the real cells, is its ceiling); ``fid`` and
+    ``kid`` compare the generated cells with the real ones in the classifier's feature space
+    (`research.eval.metrics`), over ``fid_n`` cells of each (FID is biased upwards at small N).
+    With a reranker (``sample.rerank_workdir``) the generated canvases are the reranked ones, as in
+    sample mode: the held-out captions are re-tokenized for CLIP on the host.
+    """
+    from research.eval import metrics  # pylint: disable=g-import-not-at-top
+
     try:
       net = self.classifier()
     except UserError as e:  # no trained classifier: skip, say why
       print(f"note: caption-digit agreement skipped: {e}", file=sys.stderr)
       return {}
-    hits = total = 0
+    apply = jax.jit(net.apply)
+    hits = {"generated": 0, "real": 0}
+    feats: dict[str, list[np.ndarray]] = {"generated": [], "real": []}
     for i, batch in enumerate(kept):
-      images, _ = self._generate_jit(variables, batch["text"], jax.random.fold_in(rng, i))
-      images, labels = np.asarray(images), np.asarray(batch["label"]).reshape(len(images), -1)
+      clip_text = None  # held-out captions in the reranker's tokenizer, when there is one
+      if self.to_clip_ids is not None:
+        clip_text = self.to_clip_ids(np.asarray(jax.device_get(batch["text"])))
+      key = jax.random.fold_in(rng, i)
+      generated, _ = self._generate_jit(variables, batch["text"], key, clip_text)
+      canvases = {"generated": np.asarray(generated), "real": np.asarray(batch["image"])}
+      labels = np.asarray(batch["label"]).reshape(len(generated), -1)
       mask = np.asarray(batch["mask"]) > 0
-      size = images.shape[1]  # square cells side by side: W // H of them
-      for cell in range(min(labels.shape[1], images.shape[2] // size)):
-        crop = _fit(images[:, :, cell * size : (cell + 1) * size], net.input_size)
-        pred = np.argmax(np.asarray(net.apply(net.params, crop)["logits"]), axis=-1)
+      size = canvases["real"].shape[1]  # square cells side by side: W // H of them
+      for cell in range(min(labels.shape[1], canvases["real"].shape[2] // size)):
         ok = mask & (labels[:, cell] >= 0)
-        hits += int(np.sum((pred == labels[:, cell]) & ok))
-        total += int(np.sum(ok))
-    return {"caption_digit_agreement": hits / max(total, 1), "agreement_cells": float(total)}
+        for kind, images in canvases.items():
+          crop = _fit(images[:, :, cell * size : (cell + 1) * size], net.input_size)
+          out = jax.device_get(apply(net.params, crop))
+          pred = np.argmax(out["logits"], axis=-1)
+          hits[kind] += int(np.sum((pred == labels[:, cell]) & ok))
+          feats[kind].append(np.asarray(out["features"], np.float64)[ok])
+    gen, real = (np.concatenate(feats[k]) for k in ("generated", "real"))
+    total = len(gen)
+    results = {
+      "caption_digit_agreement": hits["generated"] / max(total, 1),
+      "real_digit_agreement": hits["real"] / max(total, 1),
+      "agreement_cells": float(total),
+    }
+    if total >= 2:
+      fid = metrics.frechet_distance(*metrics.gaussian_stats(real), *metrics.gaussian_stats(gen))
+      kid_mean, kid_std = metrics.kid(real, gen, num_subsets=20, subset_size=max(2, total // 2))
+      results.update({"fid": fid, "fid_n": float(total), "kid": kid_mean, "kid_std": kid_std})
+    return results
 
 
 def _fit(cells: np.ndarray, side: int) -> np.ndarray:
@@ -313,7 +347,7 @@ def make_dalle_task(config: Any, info: data.DatasetInfo) -> DalleTask:
   captions = _captions(sc)
   if not captions:
     raise UserError("no sample captions; set config.sample.captions or config.sample.captions_file")
-  rerank = clip_ids = None
+  rerank = clip_ids = to_clip_ids = None
   if sc.get("rerank_workdir", ""):
     from etils import epath  # pylint: disable=g-import-not-at-top
 
@@ -323,7 +357,12 @@ def make_dalle_task(config: Any, info: data.DatasetInfo) -> DalleTask:
     clip_task, clip_vars = clip.load_clip(sc.rerank_workdir)
     rerank = (clip_task, jax.device_get(clip_vars))
     path = epath.Path(sc.rerank_workdir) / "text_tokenizer.json"
-    clip_ids = TextTokenizer.load(path).encode(captions)
+    clip_tokenizer = TextTokenizer.load(path)
+    clip_ids = clip_tokenizer.encode(captions)
+
+    def to_clip_ids(ids: np.ndarray) -> np.ndarray:
+      return clip_tokenizer.encode(tokenizer.decode(ids))
+
   classifier = None
   if tc.get("classifier", ""):
     from research.eval import feature_nets  # pylint: disable=g-import-not-at-top
@@ -351,6 +390,7 @@ def make_dalle_task(config: Any, info: data.DatasetInfo) -> DalleTask:
     per_caption=sc.per_caption,
     rerank=rerank,
     clip_caption_ids=clip_ids,
+    to_clip_ids=to_clip_ids,
     candidates=sc.get("candidates", 1),
     classifier=classifier,
     agreement_samples=tc.agreement_samples,
