@@ -13,12 +13,12 @@ from research.errors import UserError
 from tests.run_helpers import REPO, load_config
 
 EXPERIMENT = os.path.join(REPO, "experiments", "digits_classifier.py")
-_TRAINED: dict[str, str] = {}  # data_dir -> workdir: one tiny classifier per test session
+_TRAINED: dict[tuple[str, str], str] = {}  # (data_dir, dataset) -> workdir, once per session
 
 
-def tiny_classifier_config(data_dir: str, steps: int = 100):
-  """experiments/digits_classifier.py on the 8x8 offline digits, shrunk to seconds."""
-  c = load_config(EXPERIMENT, "data=offline_digits")
+def tiny_classifier_config(data_dir: str, steps: int = 100, dataset: str = "offline_digits"):
+  """experiments/digits_classifier.py on the 8x8 offline digits (or `dataset`), shrunk to seconds."""
+  c = load_config(EXPERIMENT, f"data={dataset}")
   c.data.data_dir = data_dir
   c.data.shuffle_buffer = 2_000
   c.batch_size = 64
@@ -37,15 +37,15 @@ def tiny_classifier_config(data_dir: str, steps: int = 100):
   return c
 
 
-def trained_classifier(tmp_path_factory, data_dir: str) -> str:
-  """The workdir of a tiny classifier trained in this process (once per session)."""
-  if data_dir not in _TRAINED:
+def trained_classifier(tmp_path_factory, data_dir: str, dataset: str = "offline_digits") -> str:
+  """The workdir of a tiny classifier of `dataset` trained in this process (once per session)."""
+  if (data_dir, dataset) not in _TRAINED:
     from research.train import loop
 
     workdir = str(tmp_path_factory.mktemp("digits_classifier"))
-    loop.train(tiny_classifier_config(data_dir), workdir)
-    _TRAINED[data_dir] = workdir
-  return _TRAINED[data_dir]
+    loop.train(tiny_classifier_config(data_dir, dataset=dataset), workdir)
+    _TRAINED[data_dir, dataset] = workdir
+  return _TRAINED[data_dir, dataset]
 
 
 @pytest.fixture(scope="module")

@@ -78,3 +78,62 @@ def test_dvae_tokens_feed_the_transformer():
   np.testing.assert_array_equal(jax.jit(task.image_tokens)(v["model"], images), want)
   out = jax.jit(lambda v, r: task.sample(v, r, 2))(v, jax.random.key(3))
   assert out["images"].shape == (2, 32, 64, 1) and out["images"].dtype == jnp.uint8
+
+
+def test_classifier_sees_the_digit_box_of_each_cell():
+  from research.tasks.dalle import _fit
+
+  digits = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1)).astype(np.uint8)
+  cells = np.pad(digits, ((0, 0), (2, 2), (2, 2), (0, 0)))  # as research/data/captions.py
+  np.testing.assert_array_equal(_fit(cells, 28), digits)
+  small = jax.image.resize(digits.astype(np.float32), (3, 8, 8, 1), "bilinear")
+  np.testing.assert_array_equal(_fit(cells, 8), np.clip(np.round(small), 0, 255).astype(np.uint8))
+
+
+def test_short_run_on_captioned_digits_lowers_nll_and_beats_chance_agreement(
+  tmp_path_factory, data_dir
+):
+  """dalle_digits (dense attention, shrunk) trained for ~2 min on offline_captioned_digits with
+  patch tokens (no dVAE to train first) draws digits that a digits classifier reads as the
+  caption's digit far more often than chance (0.1), and its held-out NLL falls.
+
+  Measured (800 steps, guidance 3, top-k 4): agreement 0.59 (untrained 0.16; judged by the
+  full digits classifier: 0.53, and 0.27 at t = 1 without guidance; 500 steps: 0.19). FID is
+  reported, not asserted: at N ~130 in a small classifier's features it is noisy (142 -> 109
+  here, but the full classifier rates the blocky patch-token digits worse than noise).
+  """
+  from research.eval import run as eval_run
+  from research.train import loop, setup
+  from tests.run_helpers import load_config
+  from tests.test_classifier import trained_classifier
+
+  config = load_config(CONFIG.split(":")[0], "runlocal,tokenizer=patches,attention=dense")
+  config.data.data_dir = data_dir
+  config.model.update({"depth": 3, "width": 64, "num_heads": 2})
+  config.batch_size = 32
+  config.train.num_steps = 800
+  config.train.log_every = 200
+  config.train.checkpoint_every = 800
+  config.optim.model.learning_rate = 3e-3
+  config.optim.model.warmup_steps = 20
+  config.task.classifier = "digits_classifier"
+  config.task.agreement_samples = 80  # the first eval batch: ~130 digit cells
+  # A tiny classifier of the 28x28 digits (~20 s; held-out accuracy ~0.9) judges the cells.
+  config.eval.classifier_workdir = trained_classifier(tmp_path_factory, data_dir, "offline_mnist")
+  config.eval.batch_size = 80
+  config.sample.guidance_scale = 3.0
+  config.sample.top_k = 4
+  workdir = str(tmp_path_factory.mktemp("dalle_digits"))
+  exp = setup.build(config, workdir)
+  exp.checkpointer.close()
+  before = eval_run.evaluate_state(exp, exp.state)
+  loop.train(config, workdir)
+  after = eval_run.run_eval(config, workdir)
+  print(f"\ncaptioned digits: before {before}\nafter {after}")
+  assert after["step"] == 800 and after["agreement_cells"] >= 100
+  assert after["image_nats_per_token"] < 0.8 * before["image_nats_per_token"]
+  assert after["text_nats_per_token"] < 0.1 * before["text_nats_per_token"]
+  assert after["real_digit_agreement"] > 0.8  # the judge on the real canvases of the captions
+  assert before["caption_digit_agreement"] < 0.25  # untrained: about chance
+  assert after["caption_digit_agreement"] > 0.3, after
+  assert np.isfinite(after["fid"]) and after["fid_n"] == after["agreement_cells"]

@@ -276,15 +276,22 @@ class DalleTask:
     return results
 
 
+# A captioned-digits cell is a 28x28 digit padded by 2 on each side (research/data/captions.py,
+# CELL = 32; not imported: it pulls in TFDS): the digit is the centre 7/8 of a cell at any size.
+DIGIT_FRACTION = 28 / 32
+
+
 def _fit(cells: np.ndarray, side: int) -> np.ndarray:
-  """uint8 cells [B, S, S, C] -> [B, side, side, C] for the classifier: the centre crop when the
-  cell is larger (a captioned-digits cell is a 28x28 digit padded to 32x32), else a resize."""
+  """uint8 cells [B, S, S, C] -> [B, side, side, C] for the classifier: the digit's box (the centre
+  DIGIT_FRACTION of the cell), resized (bilinear, antialiased) only when it is not `side` already."""
   s = cells.shape[1]
-  if s >= side:
-    o = (s - side) // 2
-    return cells[:, o : o + side, o : o + side]
+  d = max(1, round(s * DIGIT_FRACTION))
+  o = (s - d) // 2
+  digits = cells[:, o : o + d, o : o + d]
+  if d == side:
+    return digits
   resized = jax.image.resize(
-    cells.astype(np.float32), (len(cells), side, side, cells.shape[-1]), "bilinear"
+    digits.astype(np.float32), (len(cells), side, side, cells.shape[-1]), "bilinear"
   )
   return np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
 
