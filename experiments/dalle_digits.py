@@ -17,6 +17,13 @@ Reranking with a CLIP model of the project (experiments/clip_digits.py): add
 eval: ``--config.task.classifier=digits_classifier`` (a trained digits classifier, see
 experiments/digits_classifier.py).
 
+Measured (runlocal, 600 steps, ~4 min here, over dvae_mnist:runlocal's 3,000-step dVAE; eval on
+256 held-out captions, 682 digit cells; chance agreement 0.10, real canvases 0.98): agreement 0.21 /
+FID 60 at t = 1; 0.50 / 51 reranking 8 candidates with CLIP; 0.46 / 45 with guidance 3 and top-k
+16; 0.71 / 34 with both (FID in the digits classifier's features). Held-out NLL per token: image
+1.91, caption 0.27. With --config.train.num_steps=2000 (~14 min): 0.50 / 31 at t = 1, 0.78 / 18.5
+with guidance and top-k, 0.82 / 20.8 reranked at t = 1, 0.86 / 16.6 with all three; image NLL 1.63.
+
 Arguments: ``runlocal`` (a CPU run of minutes), ``dvae=<dVAE workdir>`` (default
 workdirs/dvae_mnist), ``tokenizer=patches`` (a parameter-free stand-in for the dVAE: mean grey of
 4x4 patches in 16 levels; for smoke tests, not the paper), ``attention=dense`` (causal attention
