@@ -219,10 +219,12 @@ class DalleTask:
       "num_examples": n,
     }
     if kept:
-      results.update(self._agreement(variables, kept, rng))
+      results.update(self._caption_metrics(variables, kept, rng))
     return results
 
-  def _agreement(self, variables: Variables, kept: list[Batch], rng: jax.Array) -> dict[str, float]:
+  def _caption_metrics(
+    self, variables: Variables, kept: list[Batch], rng: jax.Array
+  ) -> dict[str, float]:
     """Generated canvases for held-out captions against the real canvases of the same captions.
 
     Each square cell the caption fills (cells it leaves empty are skipped) is classified and
