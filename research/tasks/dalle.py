@@ -191,6 +191,13 @@ class DalleTask:
     return jax.jit(self._batch_sums)  # compiled once per task, not once per evaluation
 
   @functools.cached_property
+  def _judge(self) -> tuple[Any, Callable[..., Any]]:
+    """The classifier and its jitted apply, loaded once per task (every `train.eval_every`
+    evaluation reuses them); a failed load raises again next time (nothing is cached)."""
+    net = self.classifier()
+    return net, jax.jit(net.apply)
+
+  @functools.cached_property
   def _generate_jit(self):
     return jax.jit(self.generate_images)
 
@@ -239,11 +246,10 @@ class DalleTask:
     from research.eval import metrics  # pylint: disable=g-import-not-at-top
 
     try:
-      net = self.classifier()
+      net, apply = self._judge
     except UserError as e:  # no trained classifier: skip, say why
       print(f"note: caption-digit agreement skipped: {e}", file=sys.stderr)
       return {}
-    apply = jax.jit(net.apply)
     hits = {"generated": 0, "real": 0}
     feats: dict[str, list[np.ndarray]] = {"generated": [], "real": []}
     for i, batch in enumerate(kept):
