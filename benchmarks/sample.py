@@ -9,6 +9,7 @@ batch). Weights are the freshly initialised ones: speed does not depend on their
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -54,7 +55,8 @@ def main(argv):
     out = fn(variables, jax.random.key(i + 1))
   jax.block_until_ready(out)
   per_call = (time.perf_counter() - t0) / _REPEATS.value
-  sample_cfg = {k: v for k, v in config.sample.items() if k in ("sampler", "steps", "eta")}
+  sampling = getattr(task, "sampling", None)  # the task's resolved sampler settings, if any
+  sample_cfg = dataclasses.asdict(sampling) if dataclasses.is_dataclass(sampling) else {}
   print(
     json.dumps(
       {

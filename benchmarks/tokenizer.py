@@ -4,11 +4,9 @@ r"""Times the dVAE tokenizer's encoder (argmax codes, `DVAETask.encode_tokens`);
       --batch=512
   python benchmarks/tokenizer.py --config=experiments/dvae_mnist.py:runlocal --image_shape=28,28,1
 
-The encode is jitted over all devices with the batch sharded over the mesh, exactly as
-`python -m research.tokenize` runs it, on random uint8 images already on the devices (no input
-pipeline, no TensorFlow). Weights are freshly initialised: speed does not depend on their values.
-Also reports the decode (tokens -> uint8 pixels) throughput. (Not named ``tokenize.py``: run as a
-script, that name would shadow the standard library's `tokenize` module for this directory.)
+The encode is jitted over all devices with the batch sharded over the mesh, on random uint8 images
+already on the devices (no input pipeline, no TensorFlow). Weights are freshly initialised: speed
+does not depend on their values. Also reports the decode (tokens -> uint8 pixels) throughput.
 """
 
 from __future__ import annotations

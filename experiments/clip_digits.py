@@ -11,7 +11,7 @@ image tower that keeps positions and a causal text transformer over the BPE ids 
 
 Eval writes held-out in-batch retrieval top-1 (image->text, text->image; exact pair and same digit
 labels, also on the held-out digit pairs alone) and zero-shot digit accuracy per cell. DALL-E loads
-the trained model with `research.tasks.clip.load_clip(workdir)`.
+the trained model with `research.train.restore.load_trained(workdir)`.
 
 Arguments: ``runlocal`` (a few CPU minutes).
 """
@@ -25,6 +25,7 @@ def get_config(arg=None):
   c.seed = 0
   c.batch_size = 256
   c.task.name = "clip"
+  c.evals.clip_digits = {}  # label-aware retrieval, held-out pairs, zero-shot digits
   c.model.update(
     {
       "name": "clip",

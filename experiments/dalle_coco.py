@@ -33,8 +33,6 @@ def get_config(arg=None):
   c.task.patch_size = 8  # tokenizer=patches only (benchmarks)
   c.task.patch_levels = 8192
   c.task.caption_dropout = 0.1
-  c.task.classifier = ""
-  c.task.agreement_samples = 0
   c.model.update(
     {
       "name": "dalle_transformer",

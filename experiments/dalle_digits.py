@@ -14,7 +14,7 @@ Stage 1 first (a dVAE; the one of dvae_mnist.py is fully convolutional, so its f
 Reranking with a CLIP model of the project (experiments/clip_digits.py): add
 ``--config.sample.rerank_workdir=workdirs/clip_digits --config.sample.candidates=8``. Guidance
 (dalle-mini's super conditioning): ``--config.sample.guidance_scale=3``. Caption-digit agreement in
-eval: ``--config.task.classifier=digits_classifier`` (a trained digits classifier, see
+eval: ``--config.evals.caption_digits.judge=digits_classifier`` (a trained digits classifier, see
 experiments/digits_classifier.py).
 
 Measured (runlocal, 600 steps, ~4 min here, over dvae_mnist:runlocal's 3,000-step dVAE; eval on
@@ -61,8 +61,6 @@ def get_config(arg=None):
   c.task.patch_size = 4  # tokenizer=patches only
   c.task.patch_levels = 16
   c.task.caption_dropout = 0.1  # for classifier-free guidance (dalle-mini trains with 0.1 too)
-  c.task.classifier = ""  # e.g. "digits_classifier": caption-digit agreement in eval
-  c.task.agreement_samples = 256
   c.model.update(
     {
       "name": "dalle_transformer",
@@ -115,6 +113,9 @@ def get_config(arg=None):
   c.sample.rerank_workdir = ""  # a clip_digits workdir
   c.sample.candidates = 8
   c.eval.batch_size = 250
+  # Caption-digit agreement and cell FID in eval: judge = a feature network, e.g.
+  # "digits_classifier" (a trained digits classifier, see experiments/digits_classifier.py).
+  c.evals.caption_digits = {"judge": "", "num_captions": 256}
 
   if arg.runlocal:
     c.batch_size = 32

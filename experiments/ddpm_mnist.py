@@ -14,8 +14,9 @@ small dataset and a CPU: channel width 32, learning rate 5e-4 with 500 warm-up s
 Arguments: ``runlocal``, ``conditional``, ``target=v``, ``schedule=cosine``.
 """
 
+import ml_collections
+
 from research.config import adam, base_config, parse_arg
-from research.tasks.diffusion import diffusion_fields, sample_fields
 
 
 def get_config(arg=None):
@@ -24,8 +25,18 @@ def get_config(arg=None):
   )
   c = base_config()
   c.batch_size = 128
-  c.task = diffusion_fields(
-    schedule=arg.schedule, target=arg.target, conditional=arg.conditional, label_dropout=0.1
+  c.task = ml_collections.ConfigDict(
+    {
+      "name": "diffusion",
+      "schedule": arg.schedule,  # linear (Ho et al.) | cosine (Nichol & Dhariwal)
+      "timesteps": 1000,
+      "target": arg.target,  # eps | v
+      "conditional": arg.conditional,
+      "label_dropout": 0.1,  # probability of the null label in training (conditional only)
+      "loss_buckets": 10,  # per-timestep loss logged in this many equal ranges of t
+      "eval_timesteps": 1000,  # terms of the bound evaluated per image (T = exact)
+      "eval_variance": "beta",  # reverse-process variance in the bound: beta | beta_tilde
+    }
   )
   c.model.update(
     {
@@ -47,7 +58,17 @@ def get_config(arg=None):
   c.train.sample_every = 2_000
   c.train.checkpoint_every = 2_000
   c.train.ema_decay = 0.999
-  c.sample = sample_fields(num_samples=64, sampler="ddim", steps=50)
+  c.sample.update(
+    {
+      "num_samples": 64,
+      "sampler": "ddim",  # ddim | ddpm (ancestral)
+      "steps": 50,  # DDIM steps (ddpm always takes all T)
+      "eta": 0.0,  # DDIM stochasticity: 0 deterministic, 1 = ancestral with beta-tilde
+      "variance": "beta",  # ancestral variance: beta | beta_tilde
+      "guidance_scale": 0.0,  # w in (1 + w) eps(x, c) - w eps(x); 0 = the conditional model
+      "clip_x0": True,
+    }
+  )
   c.eval.batch_size = 256
   c.eval.feature_net = "digits_classifier"  # skipped with a note until it is trained
 

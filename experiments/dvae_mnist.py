@@ -76,7 +76,6 @@ def get_config(arg=None):
   c.task.eps = 0.1
   # b >= e^-3 in logit units for binarised digits (see above); None = unbounded, as the paper.
   c.task.log_b_min = config_dict.FieldReference(-3.0, field_type=float)
-  c.task.dequantize = False
   c.task.kl_warmup_steps = 0
   c.task.tau_steps = 0
   c.model.update(

@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     }
   )
   c.optim = ml_collections.ConfigDict()  # {part: {name, learning_rate, schedule, ...}}
+  # Dataset-specific evaluators by name (research.registry.EVALUATORS): {name: {options}}, run by
+  # --mode=eval and train.eval_every beside the task's held-out metrics.
+  c.evals = ml_collections.ConfigDict()
   c.sample = ml_collections.ConfigDict({"num_samples": 64, "grid_size": 64, "use_ema": True})
   c.eval = ml_collections.ConfigDict(
     {

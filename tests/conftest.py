@@ -25,3 +25,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def data_dir(tmp_path_factory):
   """One TFDS data_dir per test session, where the offline datasets get built once."""
   return str(tmp_path_factory.mktemp("tensorflow_datasets"))
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tmp_path_factory, data_dir):
+  """dataset -> the workdir of a tiny digits classifier of it, trained once per session."""
+  from research.train import loop
+  from tests.run_helpers import tiny_classifier_config
+
+  trained: dict[str, str] = {}
+
+  def get(dataset: str = "offline_digits") -> str:
+    if dataset not in trained:
+      workdir = str(tmp_path_factory.mktemp("digits_classifier"))
+      loop.train(tiny_classifier_config(data_dir, dataset=dataset), workdir)
+      trained[dataset] = workdir
+    return trained[dataset]
+
+  return get

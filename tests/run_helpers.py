@@ -69,11 +69,20 @@ def final_params(workdir: str, data_dir: str, *overrides: str, config: str = TIN
   for o in overrides:
     key, value = o.removeprefix("--config.").split("=", 1)
     _set(cfg, key, value)
-  exp = setup.build(cfg, workdir, require_checkpoint=True)
+  exp = setup.build(cfg, workdir)
+  exp.checkpointer.close()
+  assert exp.restored_step is not None, f"no checkpoint in {workdir}"
   return {
     "step": exp.restored_step,
     "params": jax.tree.map(np.asarray, jax.device_get(exp.state.parts["model"].params)),
   }
+
+
+def evaluation(exp):
+  """The shared `Evaluation` of a set-up run (`setup.build` or `setup.build_inference`)."""
+  from research.eval import run as eval_run
+
+  return eval_run.Evaluation(exp.config, exp.task, exp.mesh, exp.info, exp.workdir)
 
 
 def _set(cfg, dotted: str, value: str) -> None:
@@ -96,3 +105,24 @@ def load_config(path: str, arg: str = ""):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def tiny_classifier_config(data_dir: str, steps: int = 100, dataset: str = "offline_digits"):
+  """experiments/digits_classifier.py on the 8x8 offline digits (or `dataset`), shrunk to seconds."""
+  c = load_config(os.path.join(REPO, "experiments", "digits_classifier.py"), f"data={dataset}")
+  c.data.data_dir = data_dir
+  c.data.shuffle_buffer = 2_000
+  c.batch_size = 64
+  c.model.channels = (16, 32)
+  c.model.convs_per_stage = 1
+  c.model.hidden = 64
+  c.model.dropout = 0.1
+  c.task.shift = 0
+  c.optim.model.learning_rate = 3e-3
+  c.optim.model.warmup_steps = 10
+  c.train.ema_decay = 0.9  # a short run: the EMA must forget the initial weights
+  c.train.num_steps = steps
+  c.train.log_every = steps
+  c.train.checkpoint_every = steps
+  c.eval.batch_size = 128
+  return c

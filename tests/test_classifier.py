@@ -3,66 +3,29 @@ feature network, and a missing one fails with the command that trains it."""
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 import pytest
 
 from research.errors import UserError
-from tests.run_helpers import REPO, load_config
-
-EXPERIMENT = os.path.join(REPO, "experiments", "digits_classifier.py")
-_TRAINED: dict[tuple[str, str], str] = {}  # (data_dir, dataset) -> workdir, once per session
-
-
-def tiny_classifier_config(data_dir: str, steps: int = 100, dataset: str = "offline_digits"):
-  """experiments/digits_classifier.py on the 8x8 offline digits (or `dataset`), shrunk to seconds."""
-  c = load_config(EXPERIMENT, f"data={dataset}")
-  c.data.data_dir = data_dir
-  c.data.shuffle_buffer = 2_000
-  c.batch_size = 64
-  c.model.channels = (16, 32)
-  c.model.convs_per_stage = 1
-  c.model.hidden = 64
-  c.model.dropout = 0.1
-  c.task.shift = 0
-  c.optim.model.learning_rate = 3e-3
-  c.optim.model.warmup_steps = 10
-  c.train.ema_decay = 0.9  # a short run: the EMA must forget the initial weights
-  c.train.num_steps = steps
-  c.train.log_every = steps
-  c.train.checkpoint_every = steps
-  c.eval.batch_size = 128
-  return c
-
-
-def trained_classifier(tmp_path_factory, data_dir: str, dataset: str = "offline_digits") -> str:
-  """The workdir of a tiny classifier of `dataset` trained in this process (once per session)."""
-  if (data_dir, dataset) not in _TRAINED:
-    from research.train import loop
-
-    workdir = str(tmp_path_factory.mktemp("digits_classifier"))
-    loop.train(tiny_classifier_config(data_dir, dataset=dataset), workdir)
-    _TRAINED[data_dir, dataset] = workdir
-  return _TRAINED[data_dir, dataset]
+from tests.run_helpers import tiny_classifier_config
 
 
 @pytest.fixture(scope="module")
-def classifier_workdir(tmp_path_factory, data_dir):
-  return trained_classifier(tmp_path_factory, data_dir)
+def classifier_workdir(trained_classifier):
+  return trained_classifier("offline_digits")
 
 
+@pytest.mark.slow
 def test_classifier_reaches_high_held_out_accuracy(classifier_workdir, data_dir):
-  from research.eval import run as eval_run
   from research.train import setup
+  from tests.run_helpers import evaluation
 
-  exp = setup.build(tiny_classifier_config(data_dir), classifier_workdir, require_checkpoint=True)
-  exp.checkpointer.close()
+  trained = setup.build_inference(tiny_classifier_config(data_dir), classifier_workdir)
   untrained = setup.build(tiny_classifier_config(data_dir), classifier_workdir + "_untrained")
   untrained.checkpointer.close()
-  results = eval_run.evaluate_state(exp, exp.state)
-  before = eval_run.evaluate_state(untrained, untrained.state)
+  results = evaluation(trained).held_out_metrics(trained.variables)
+  before = evaluation(untrained).held_out_metrics(untrained.state.variables(use_ema=True))
   assert results["num_examples"] == 359  # the held-out 8x8 digits
   assert before["accuracy"] < 0.3, before  # chance is 0.1: the accuracy comes from training
   assert results["accuracy"] > 0.85, results  # 0.92 after these 100 steps
@@ -70,6 +33,7 @@ def test_classifier_reaches_high_held_out_accuracy(classifier_workdir, data_dir)
   assert results["cross_entropy_nats"] < 0.5 < before["cross_entropy_nats"]
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_as_the_feature_network(classifier_workdir, data_dir):
   import ml_collections
 
@@ -80,7 +44,7 @@ def test_checkpoint_loads_as_the_feature_network(classifier_workdir, data_dir):
   net = feature_nets.FEATURE_NETS.get("digits_classifier")(cfg)
   assert (net.input_size, net.feature_dim, net.num_classes, net.resize) == (8, 64, 10, "none")
   # Same logits as the trained task's EMA parameters (what sampling and eval use).
-  exp = setup.build(tiny_classifier_config(data_dir), classifier_workdir, require_checkpoint=True)
+  exp = setup.build(tiny_classifier_config(data_dir), classifier_workdir)
   exp.checkpointer.close()
   images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
   ema = exp.state.variables(use_ema=True)["model"]["params"]

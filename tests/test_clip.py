@@ -116,6 +116,7 @@ def trained(data_dir, tmp_path_factory, no_cache_writes):
   return workdir, eval_run.run_eval(config, workdir)
 
 
+@pytest.mark.slow
 def test_short_training_run_retrieves_held_out_captions(trained):
   from research.data import captions
 
@@ -132,13 +133,17 @@ def test_short_training_run_retrieves_held_out_captions(trained):
   assert results["num_held_out"] > 400 and results["t2i_label_top1_held_out"] > 4 * chance
 
 
-def test_load_clip_restores_the_trained_model(trained, data_dir):
+@pytest.mark.slow
+def test_the_trained_model_loads_with_its_tokenizer(trained, data_dir):
   from research import data
   from research.train import sharding as shd
+  from research.train.restore import load_trained
 
   workdir, _ = trained
-  task, variables = clip.load_clip(workdir)
+  loaded = load_trained(workdir, task_name="clip")
+  task, variables = loaded.task, loaded.variables
   assert isinstance(task, clip.CLIPTask)
+  assert loaded.info.text_tokenizer == os.path.join(workdir, "text_tokenizer.json")
   config = load_config(os.path.join(REPO, "experiments", "clip_digits.py"), "runlocal")
   config.data.data_dir = data_dir
   config.data.text_tokenizer = os.path.join(workdir, "text_tokenizer.json")
@@ -155,6 +160,7 @@ def test_load_clip_restores_the_trained_model(trained, data_dir):
   assert np.mean(score) > np.mean(shuffled) + 1.0  # trained: matching captions score higher
 
 
+@pytest.mark.slow
 def test_dalle_reranking_with_the_trained_clip_keeps_the_matching_canvas(trained):
   """The paper's reranking through `DalleTask.generate_images` and the trained CLIP: for each
   held-out caption, 8 candidate canvases (its own real canvas among 7 others) stand in for the
@@ -164,9 +170,11 @@ def test_dalle_reranking_with_the_trained_clip_keeps_the_matching_canvas(trained
   from research.data import captions
   from research.tasks.dalle import DalleTask
   from research.text import TextTokenizer
+  from research.train.restore import load_trained
 
   workdir, _ = trained
-  clip_task, variables = clip.load_clip(workdir)
+  loaded = load_trained(workdir, task_name="clip")
+  clip_task, variables = loaded.task, loaded.variables
   test = captions.split_canvases("test")
   n, c = 32, 8
   rng = np.random.default_rng(0)

@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from research import data
 from research.tasks import dalle_sampling
@@ -24,6 +25,7 @@ TINY = (
 )
 
 
+@pytest.mark.slow
 def test_dalle_digits_trains_and_samples_through_main(tmp_path, data_dir):
   workdir = str(tmp_path / "dalle")
   run_main(
@@ -69,9 +71,9 @@ def test_dvae_tokens_feed_the_transformer():
   )
   v = jax.jit(task.init)(jax.random.key(1), {})
   batch = {"image": images, "text": jnp.zeros((2, 4), jnp.int32)}
-  loss, metrics, _ = jax.jit(lambda v, b: task.loss("model", v, b, jax.random.key(2), train=False))(
-    v, batch
-  )
+  loss, metrics, _ = jax.jit(
+    lambda v, b: task.loss("model", v, b, jax.random.key(2), train=False, step=0)
+  )(v, batch)
   assert np.isfinite(float(loss)) and float(metrics["image_nll"]) > 0
   # The loss encodes with the dVAE's argmax: the tokens equal the dVAE's own.
   want = jax.jit(dvae.encode_tokens)(dvae_vars, images).reshape(2, -1)
@@ -81,7 +83,7 @@ def test_dvae_tokens_feed_the_transformer():
 
 
 def test_classifier_sees_the_digit_box_of_each_cell():
-  from research.tasks.dalle import _fit
+  from research.eval.caption_digits import fit_cells as _fit
 
   digits = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1)).astype(np.uint8)
   cells = np.pad(digits, ((0, 0), (2, 2), (2, 2), (0, 0)))  # as research/data/captions.py
@@ -90,8 +92,9 @@ def test_classifier_sees_the_digit_box_of_each_cell():
   np.testing.assert_array_equal(_fit(cells, 8), np.clip(np.round(small), 0, 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_short_run_on_captioned_digits_lowers_nll_and_beats_chance_agreement(
-  tmp_path_factory, data_dir
+  tmp_path_factory, data_dir, trained_classifier
 ):
   """dalle_digits (dense attention, shrunk) trained for ~2 min on offline_captioned_digits with
   patch tokens (no dVAE to train first) draws digits that a digits classifier reads as the
@@ -104,8 +107,7 @@ def test_short_run_on_captioned_digits_lowers_nll_and_beats_chance_agreement(
   """
   from research.eval import run as eval_run
   from research.train import loop, setup
-  from tests.run_helpers import load_config
-  from tests.test_classifier import trained_classifier
+  from tests.run_helpers import evaluation, load_config
 
   config = load_config(CONFIG.split(":")[0], "runlocal,tokenizer=patches,attention=dense")
   config.data.data_dir = data_dir
@@ -116,17 +118,17 @@ def test_short_run_on_captioned_digits_lowers_nll_and_beats_chance_agreement(
   config.train.checkpoint_every = 800
   config.optim.model.learning_rate = 3e-3
   config.optim.model.warmup_steps = 20
-  config.task.classifier = "digits_classifier"
-  config.task.agreement_samples = 80  # the first eval batch: ~130 digit cells
-  # A tiny classifier of the 28x28 digits (~20 s; held-out accuracy ~0.9) judges the cells.
-  config.eval.classifier_workdir = trained_classifier(tmp_path_factory, data_dir, "offline_mnist")
+  # The first eval batch (~130 digit cells), judged by a tiny classifier of the 28x28 digits
+  # (~20 s; held-out accuracy ~0.9).
+  config.evals.caption_digits = {"judge": "digits_classifier", "num_captions": 80}
+  config.eval.classifier_workdir = trained_classifier("offline_mnist")
   config.eval.batch_size = 80
   config.sample.guidance_scale = 3.0
   config.sample.top_k = 4
   workdir = str(tmp_path_factory.mktemp("dalle_digits"))
   exp = setup.build(config, workdir)
   exp.checkpointer.close()
-  before = eval_run.evaluate_state(exp, exp.state)
+  before = evaluation(exp)(exp.state.variables(use_ema=True), 0)
   loop.train(config, workdir)
   after = eval_run.run_eval(config, workdir)
   print(f"\ncaptioned digits: before {before}\nafter {after}")

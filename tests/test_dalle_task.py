@@ -10,8 +10,9 @@ import optax
 import pytest
 
 from research.errors import UserError
+from research.eval.caption_digits import CaptionDigits, Options
+from research.eval.heldout import HeldOut
 from research.tasks import dalle_sampling
-from research.tasks.dalle_support import caption_label
 from research.train import sharding as shd
 from research.train import state as state_lib
 from research.train.step import StepConfig, make_train_step
@@ -27,7 +28,7 @@ def test_loss_weights_text_and_image_by_their_own_counts():
   task = make_task()
   batch = synthetic_batches(1, batch=4)[0]
   v = jax.jit(task.init)(jax.random.key(0), batch)["model"]
-  loss_fn = jax.jit(lambda v, b, k: task.loss("model", {"model": v}, b, k, train=False))
+  loss_fn = jax.jit(lambda v, b, k: task.loss("model", {"model": v}, b, k, train=False, step=0))
   loss, metrics, _ = loss_fn(v, batch, jax.random.key(1))
   # By hand: per-token cross-entropies from the model's logits and the patch tokens.
   img = batch["image"].astype(np.float64).reshape(4, 4, 4, 4, 4, 1).mean((2, 4, 5))
@@ -51,7 +52,7 @@ def test_caption_dropout_uses_the_all_padding_caption():
   np.testing.assert_array_equal(task.null_text, [12, 13, 14, 15])
   batch = synthetic_batches(1, batch=64)[0]
   v = jax.jit(task.init)(jax.random.key(0), batch)
-  _, m, _ = jax.jit(lambda v, b, k: task.loss("model", v, b, k, train=True))(
+  _, m, _ = jax.jit(lambda v, b, k: task.loss("model", v, b, k, train=True, step=0))(
     v, batch, jax.random.key(3)
   )
   assert 0.3 < float(m["caption_dropped"]) < 0.7
@@ -126,10 +127,11 @@ def test_reranking_keeps_the_candidate_the_scorer_prefers():
       x = images.astype(jnp.float32).reshape(images.shape[0], -1) / 255.0
       return {"logits": x[:, :10], "features": x[:, :3]}
 
-  ranked = dataclasses.replace(task, to_clip_ids=to_clip_ids, classifier=lambda: Classifier)
+  ranked = dataclasses.replace(task, to_clip_ids=to_clip_ids)
   held_out = [dict(b, mask=np.ones(16, np.float32)) for b in synthetic_batches(2, seed=5)]
-  out = ranked.evaluate(v, iter(held_out), jax.random.key(1))
-  assert out["agreement_cells"] == 32  # agreement_samples defaults to 200: both batches kept
+  evaluator = CaptionDigits(ranked, Options(judge="stand-in", num_captions=200), lambda: Classifier)
+  out = evaluator(v, lambda: iter(held_out), jax.random.key(1))
+  assert out["agreement_cells"] == 32  # 200 captions asked for: both batches kept
   np.testing.assert_array_equal(np.concatenate(seen), np.concatenate([b["text"] for b in held_out]))
 
 
@@ -142,14 +144,6 @@ def test_filter_logits_top_k_and_nucleus():
   np.testing.assert_array_equal(np.isfinite(nuc[0]), [True, True, False, False])
   nuc = dalle_sampling.filter_logits(logits, dalle_sampling.SamplingConfig(top_p=0.8))
   np.testing.assert_array_equal(np.isfinite(nuc[0]), [True, True, True, False])
-
-
-def test_caption_labels():
-  assert caption_label("a three to the left of a five") == (3, 5)
-  assert caption_label("a five to the right of a three") == (3, 5)
-  assert caption_label("a handwritten seven") == (7, -1)
-  assert caption_label("the digit two on the right side") == (-1, 2)
-  assert caption_label("a cat") == (-1, -1)
 
 
 def _run(task, mesh, batches, lr=0.05):
@@ -199,11 +193,12 @@ def test_short_training_run_lowers_held_out_nll():
   opts = {"model": optax.adam(3e-3)}
   make = state_lib.state_factory(task, opts, IMAGE_SHAPE, True, 0, False)
   state, shardings = state_lib.init_sharded(make, mesh, fsdp_min_size=1)
-  before = task.evaluate(state.variables(), iter(held_out), jax.random.key(0))
+  held_out_metrics = HeldOut(task)
+  before = held_out_metrics(state.variables(), held_out, jax.random.key(0))
   step = jax.jit(make_train_step(task, opts, StepConfig(), mesh), donate_argnums=0)
   for b in synthetic_batches(150, seed=1):
     state, _ = step(state, b)
-  after = task.evaluate(state.variables(), iter(held_out), jax.random.key(0))
+  after = held_out_metrics(state.variables(), held_out, jax.random.key(0))
   assert after["image_nats_per_token"] < 0.6 * before["image_nats_per_token"]
   assert after["text_nats_per_token"] < 0.6 * before["text_nats_per_token"]
   assert before["num_examples"] == 32
@@ -230,12 +225,13 @@ def test_caption_digit_agreement_and_fid_bookkeeping():
       features = jnp.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), x[:, 0, 0, 0]], axis=1)
       return {"logits": jnp.tile(jax.nn.one_hot(1, 10), (images.shape[0], 1)), "features": features}
 
-  task = make_task(classifier=lambda: AlwaysOne, agreement_samples=32)
+  task = make_task()
+  evaluator = CaptionDigits(task, Options(judge="stand-in", num_captions=32), lambda: AlwaysOne)
   held_out = [dict(b, mask=np.ones(16, np.float32)) for b in synthetic_batches(3, seed=5)]
   v = jax.jit(task.init)(jax.random.key(0), {})
-  out = task.evaluate(v, iter(held_out), jax.random.key(1))
+  out = evaluator(v, lambda: iter(held_out), jax.random.key(1))
   labels = np.concatenate([b["label"][:, 0] for b in held_out[:2]])  # the first 32 captions
-  assert out["agreement_cells"] == 32 and out["num_examples"] == 48 and out["fid_n"] == 32
+  assert out["agreement_cells"] == 32 and out["fid_n"] == 32
   np.testing.assert_allclose(out["caption_digit_agreement"], np.mean(labels == 1))
   np.testing.assert_allclose(out["real_digit_agreement"], np.mean(labels == 1))
   assert set(seen) == {(IMAGE_SHAPE[0] - 2, IMAGE_SHAPE[0] - 2)}
@@ -261,13 +257,15 @@ def test_caption_digit_agreement_and_fid_bookkeeping():
 
   # A "generator" that returns the real canvases of the captions: FID 0, the real agreement.
   reals = iter([b["image"] for b in held_out[:2]])
-  object.__setattr__(task, "_generate_jit", lambda v, text, rng, clip_text: (next(reals), None))
-  copy = task.evaluate(v, iter(held_out), jax.random.key(1))
+  evaluator.generate = lambda v, text, rng, clip_text: (next(reals), None)
+  copy = evaluator(v, lambda: iter(held_out), jax.random.key(1))
   assert abs(copy["fid"]) < 1e-6, copy
   assert copy["caption_digit_agreement"] == copy["real_digit_agreement"]
 
   def missing():
     raise UserError("no digits classifier; train one")
 
-  out = make_task(classifier=missing).evaluate(v, iter(held_out), jax.random.key(1))
-  assert "caption_digit_agreement" not in out and "image_nats_per_token" in out
+  assert (
+    CaptionDigits(task, Options(judge="absent"), missing)(v, lambda: iter(held_out), None) == {}
+  )
+  assert CaptionDigits(task, Options(judge=""), missing)(v, lambda: iter(held_out), None) == {}

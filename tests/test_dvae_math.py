@@ -19,7 +19,7 @@ def test_logit_laplace_integrates_to_one_over_the_unit_interval(mu, b):
   # float64, since for b > 1 the density has integrable y**(1/b - 1) singularities at 0 and 1.
   with jax.enable_x64(True):
     f = jax.jit(lambda y: jnp.exp(dvae_math.logit_laplace_log_prob(y, mu, jnp.log(b))))
-    density = lambda y: float(f(jnp.float64(y)))  # noqa: E731
+    density = lambda y: float(f(jnp.float64(y)))
     # The mass concentrates around sigmoid(mu); split the interval there so quad sees the peak.
     peak = 1.0 / (1.0 + math.exp(-mu))
     total = sum(integrate.quad(density, a, c, limit=400)[0] for a, c in ((0, peak), (peak, 1)))
@@ -69,7 +69,7 @@ def test_gumbel_softmax_mean_matches_the_softmax_only_as_tau_goes_to_zero():
   logits = jnp.array([1.0, 0.5, -0.3, 0.0, 2.0])
   p = np.asarray(jax.nn.softmax(logits))
   keys = jax.random.split(jax.random.key(1), 40_000)
-  mean_at = lambda t: np.asarray(  # noqa: E731
+  mean_at = lambda t: np.asarray(
     jnp.mean(jax.vmap(lambda k: dvae_math.gumbel_softmax(k, logits, t))(keys), axis=0)
   )
   se = np.sqrt(p * (1 - p) / len(keys))

@@ -1,10 +1,8 @@
 """The dVAE family end to end: every config trains a step; a short digits run learns codes that
-reconstruct held-out digits; sample/eval modes write their files; the tokenizer round-trips."""
+reconstruct held-out digits; sample/eval modes write their files; the trained dVAE loads."""
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import jax
@@ -15,13 +13,12 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from research.config import adam, base_config
-from research.eval import images as image_io
 from research.eval import run as eval_run
 from research.models.dvae import DiscreteVAE
 from research.train import loop, setup
 from research.train import state as state_lib
 from research.train.step import StepConfig, make_train_step
-from tests.run_helpers import REPO, load_config, subprocess_env
+from tests.run_helpers import REPO, evaluation, load_config
 
 
 def _load(name, arg=""):
@@ -132,7 +129,7 @@ def test_log_b_floor_is_a_smooth_lower_bound():
   "name,arg,dataset",
   [
     ("dvae_mnist", "runlocal", "mnist"),
-    ("dvae_imagenet64", "runlocal", "imagenet_resized/64x64"),
+    pytest.param("dvae_imagenet64", "runlocal", "imagenet_resized/64x64", marks=pytest.mark.slow),
   ],
 )  # dvae_cifar10 shares the network of dvae_imagenet64 (traced below); cut for CI time
 def test_one_train_step_of_each_config_on_mock_data(tmp_path, name, arg, dataset):
@@ -194,7 +191,7 @@ def trained(tmp_path_factory, data_dir):
   config = tiny_digits_config(data_dir)
   exp = setup.build(config, workdir)
   exp.checkpointer.close()
-  before = eval_run.evaluate_state(exp, exp.state)
+  before = evaluation(exp).held_out_metrics(exp.state.variables(use_ema=True))
   t0 = time.perf_counter()
   loop.train(config, workdir)
   train_s = time.perf_counter() - t0
@@ -205,6 +202,7 @@ def trained(tmp_path_factory, data_dir):
   return {"workdir": workdir, "config": config, "before": before, "after": after}
 
 
+@pytest.mark.slow
 def test_training_lowers_reconstruction_error_and_uses_many_codes(trained):
   before, after = trained["before"], trained["after"]
   assert after["step"] == 300
@@ -224,14 +222,16 @@ def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
   return ndimage.gaussian_filter(images.astype(np.float64), (0, sigma, sigma, 0), mode="nearest")
 
 
+@pytest.mark.slow
 def test_trained_codes_reconstruct_held_out_digits_better_than_a_blur(trained):
   config = trained["config"]
-  from research.tokenize import load_dvae
+  from research.train.restore import load_trained
 
-  task, variables = load_dvae(trained["workdir"])
-  exp = setup.build(config, trained["workdir"], require_checkpoint=True)
+  dvae = load_trained(trained["workdir"], task_name="dvae")
+  task, variables = dvae.task, dvae.variables
+  exp = setup.build(config, trained["workdir"])
   exp.checkpointer.close()
-  batch = next(iter(eval_run._eval_batches(exp)))
+  batch = next(iter(evaluation(exp).batches()))
   images = np.asarray(batch["image"])[np.asarray(batch["mask"]) > 0]
   tokens = jax.jit(task.encode_tokens)(variables, images)
   assert tokens.shape == (len(images), 4, 4) and tokens.dtype == jnp.int32
@@ -248,11 +248,12 @@ def test_trained_codes_reconstruct_held_out_digits_better_than_a_blur(trained):
   # 0.0134). The logit-Laplace mean is a median in logit space: sharp, not MSE-optimal.
   assert mse_recon < mse_blur[1.5], (mse_recon, mse_blur)
   assert mse_recon < 0.5 * trained["before"]["mse"]
-  # load_dvae restored the EMA weights: the same tokens as the loop's EMA state.
+  # load_trained restored the EMA weights: the same tokens as the loop's EMA state.
   ema = exp.state.variables(use_ema=True)
   np.testing.assert_array_equal(jax.jit(task.encode_tokens)(ema, images), tokens)
 
 
+@pytest.mark.slow
 def test_sample_and_eval_modes_write_their_files(trained):
   workdir, config = trained["workdir"], trained["config"]
   out = eval_run.run_sample(config, workdir)
@@ -268,58 +269,3 @@ def test_sample_and_eval_modes_write_their_files(trained):
     assert np.isfinite(saved[key]), key
   assert saved["psnr_db"] == pytest.approx(10 * np.log10(1 / saved["mse"]), rel=1e-6)
   assert 0 < saved["codebook_usage"] <= 1 and saved["codes_used"] == saved["codebook_usage"] * 64
-
-
-def test_tokenize_cli_round_trip(trained, tmp_path, data_dir):
-  workdir = trained["workdir"]
-  out = str(tmp_path / "tokens")
-  env = subprocess_env(data_dir, devices=2)
-  cmd = [sys.executable, "-m", "research.tokenize", f"--workdir={workdir}", f"--out={out}"]
-  subprocess.run(
-    [*cmd, "--split=test", "--batch_size=100", "--shard_size=200"],
-    env=env,
-    check=True,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-  )
-  info = json.load(open(os.path.join(out, "tokens_info.json")))
-  assert info["num_examples"] == 359 and info["grid_shape"] == [4, 4] and len(info["files"]) == 2
-  assert info["features"]["label"] == "int64"
-
-  from research.tokenize import load_dvae, read_tokens
-
-  records = list(read_tokens(out))
-  assert len(records) == 359 and [int(r["index"]) for r in records] == list(range(359))
-  # The same tokens as encoding the held-out split in this process (file order, no padding rows).
-  task, variables = load_dvae(workdir)
-  config = trained["config"]
-  exp = setup.build(config, workdir, require_checkpoint=True)
-  exp.checkpointer.close()
-  images, labels = [], []
-  for batch in eval_run._eval_batches(exp):
-    keep = np.asarray(batch["mask"]) > 0
-    images.append(np.asarray(batch["image"])[keep])
-    labels.append(np.asarray(batch["label"])[keep])
-  images, labels = np.concatenate(images), np.concatenate(labels)
-  expected = np.asarray(jax.jit(task.encode_tokens)(variables, images))
-  np.testing.assert_array_equal(np.stack([r["tokens"] for r in records]), expected)
-  np.testing.assert_array_equal([int(r["label"]) for r in records], labels)
-
-  # --decode: the PNG of the first 16 records is the grid of their decoded images.
-  subprocess.run(
-    [*cmd, "--decode", "--num=16"],
-    env=env,
-    check=True,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    cwd=REPO,
-  )
-  png = np.asarray(Image.open(os.path.join(out, "decoded.png")))
-  decoded = np.asarray(jax.jit(task.decode_tokens)(variables, expected[:16]))
-  g = image_io.grid(decoded)
-  scale = max(1, 256 // max(g.shape[:2]))
-  want = g.repeat(scale, 0).repeat(scale, 1)[..., 0]
-  np.testing.assert_array_equal(png, want)

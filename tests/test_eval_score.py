@@ -16,7 +16,6 @@ import scipy.ndimage
 
 from research.eval import sample_and_score as sas
 from tests.run_helpers import run_main
-from tests.test_classifier import trained_classifier
 
 
 def _config(data_dir: str, classifier: str, cache: str) -> ml_collections.ConfigDict:
@@ -34,11 +33,11 @@ def _config(data_dir: str, classifier: str, cache: str) -> ml_collections.Config
 
 
 @pytest.fixture(scope="module")
-def setting(tmp_path_factory, data_dir):
+def setting(tmp_path_factory, data_dir, trained_classifier):
   from research.eval import feature_nets
   from research.train import sharding as shd
 
-  classifier = trained_classifier(tmp_path_factory, data_dir)
+  classifier = trained_classifier("offline_digits")
   config = _config(data_dir, classifier, str(tmp_path_factory.mktemp("reference_cache")))
   net = feature_nets.FEATURE_NETS.get("digits_classifier")(config.eval)
   return config, net, shd.make_mesh()
@@ -67,6 +66,7 @@ def _features(net, images):
   return np.asarray(out["features"]), np.asarray(out["logits"])
 
 
+@pytest.mark.slow
 def test_real_digits_score_far_better_than_noise_and_blur(setting):
   from research.eval import reference_stats
 
@@ -122,6 +122,7 @@ class RealDigitsTask:
     return {"images": self.images[idx], "labels": labels}
 
 
+@pytest.mark.slow
 def test_conditional_label_agreement_through_the_sharded_scorer(setting):
   config, net, mesh = setting
   images, labels = _split_images(config, mesh, "test")
@@ -143,6 +144,7 @@ def test_conditional_label_agreement_through_the_sharded_scorer(setting):
   assert results[False]["inception_score"] > 3  # confident and diverse: 1 <= score <= 10
 
 
+@pytest.mark.slow
 def test_non_uint8_samples_are_a_user_error(setting):
   from research.errors import UserError
 
@@ -157,6 +159,7 @@ def test_non_uint8_samples_are_a_user_error(setting):
     scorer.score({}, jax.random.key(0), 64)
 
 
+@pytest.mark.slow
 def test_reference_stats_cache_hit_miss_and_conventions(setting, tmp_path, monkeypatch):
   from research.eval import metrics, reference_stats
 

@@ -91,7 +91,7 @@ def _input_grad_fd(params, x, eps=1e-5):
   """Central differences of d(x_i) with respect to x_i, per example (numpy, float64)."""
   x = np.asarray(x, np.float64)
   p = jax.tree.map(np.asarray, params)
-  f = lambda x: np.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + np.sum(x**2, -1)  # noqa: E731
+  f = lambda x: np.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + np.sum(x**2, -1)
   g = np.zeros_like(x)
   for j in range(x.shape[1]):
     e = np.zeros_like(x)
@@ -107,7 +107,7 @@ def _x(seed, n=4):
 def test_r1_uses_the_input_gradient_of_d():
   with jax.enable_x64(True):
     params, x = _mlp_params(), _x(1)
-    d_fn = lambda x: (_d(params, x), None)  # noqa: E731
+    d_fn = lambda x: (_d(params, x), None)
     r1, logits, _ = gan_losses.r1_penalty(d_fn, jnp.asarray(x))
     expected = np.mean(np.sum(_input_grad_fd(params, x) ** 2, axis=1))
     np.testing.assert_allclose(float(r1), expected, rtol=1e-7)
@@ -118,7 +118,7 @@ def test_gradient_penalty_uses_the_input_gradient_at_interpolates():
   with jax.enable_x64(True):
     params, real, fake = _mlp_params(), _x(2), _x(3)
     key = jax.random.key(7)
-    d_fn = lambda x: (_d(params, x), None)  # noqa: E731
+    d_fn = lambda x: (_d(params, x), None)
     gp = gan_losses.gradient_penalty(d_fn, jnp.asarray(real), jnp.asarray(fake), key)
     t = np.asarray(jax.random.uniform(key, (4, 1), jnp.float64))  # the same draw as inside
     x_hat = t * real + (1 - t) * fake
@@ -135,7 +135,7 @@ def test_penalty_gradient_flows_to_d_params(which):
     real, fake, key = jnp.asarray(_x(5)), jnp.asarray(_x(6)), jax.random.key(3)
 
     def penalty(p):
-      d_fn = lambda x: (_d(p, x), None)  # noqa: E731
+      d_fn = lambda x: (_d(p, x), None)
       if which == "r1":
         return gan_losses.r1_penalty(d_fn, real)[0]
       return gan_losses.gradient_penalty(d_fn, real, fake, key)
@@ -149,7 +149,7 @@ def test_penalty_gradient_flows_to_d_params(which):
         up[i] += eps
         down[i] -= eps
         shape = params[name].shape
-        f = lambda v, n=name, s=shape: float(penalty({**params, n: jnp.asarray(v.reshape(s))}))  # noqa: E731
+        f = lambda v, n=name, s=shape: float(penalty({**params, n: jnp.asarray(v.reshape(s))}))
         fd = (f(up) - f(down)) / (2 * eps)
         np.testing.assert_allclose(np.asarray(grads[name]).ravel()[i], fd, rtol=1e-5, atol=1e-7)
     assert np.abs(np.asarray(grads["w1"])).max() > 1e-3  # it does depend on the parameters
@@ -157,7 +157,7 @@ def test_penalty_gradient_flows_to_d_params(which):
 
 def test_lazy_r1_applies_every_k_steps_scaled_by_k():
   params, x = jax.tree.map(jnp.float32, _mlp_params()), jnp.asarray(_x(1), jnp.float32)
-  d_fn = lambda x: (_d(params, x), None)  # noqa: E731
+  d_fn = lambda x: (_d(params, x), None)
   full = float(gan_losses.r1_penalty(d_fn, x)[0])
   lazy = jax.jit(lambda s: gan_losses.lazy_r1(d_fn, x, s, 4))
   np.testing.assert_allclose(float(lazy(jnp.int32(8))), 4 * full, rtol=1e-5)
@@ -266,6 +266,7 @@ def _train_ring(r1_gamma, steps=4000, batch=256, seed=0):
   return int(np.sum(per_mode >= 20)), float(near.mean()), per_mode  # >= 1% of samples = covered
 
 
+@pytest.mark.slow
 def test_r1_keeps_all_modes_of_the_ring_and_no_regulariser_drops_some():
   """Measured (seeds 0-3, 4000 steps, non-saturating loss, Adam 1e-3 beta1 0.5): with R1 (gamma
   1) all 8 modes are covered with 80-83% of samples within 5 std of a centre; without it the

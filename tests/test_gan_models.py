@@ -119,7 +119,7 @@ def test_projection_discriminator_adds_an_inner_product_with_the_class_embedding
   y = jnp.array([0, 1, 2, 3, 1, 2])
   v = d.init(jax.random.key(1), x, y, train=False)
   emb = v["params"]["projection"]["embedding"]
-  with_e = lambda e: d.apply(  # noqa: E731
+  with_e = lambda e: d.apply(
     {"params": {**v["params"], "projection": {"embedding": e}}}, x, y, train=False
   )
   d0, d1, d2 = with_e(0 * emb), with_e(emb), with_e(2 * emb)
@@ -211,7 +211,7 @@ def test_grid_attention_mixes_tokens_only_within_a_cell():
   x = jax.random.normal(jax.random.key(0), (1, side * side, 8))
   v = full.init(jax.random.key(1), x, side)  # same parameters for both
   x2 = x.at[0, 0].add(1.0)  # change token (0, 0): in the top-left cell
-  changed = lambda m: np.abs(np.asarray(m.apply(v, x2, side) - m.apply(v, x, side)))[0]  # noqa: E731
+  changed = lambda m: np.abs(np.asarray(m.apply(v, x2, side) - m.apply(v, x, side)))[0]
   in_cell = np.zeros((side, side), bool)
   in_cell[:cell, :cell] = True
   g = changed(grid).max(-1).reshape(side, side)

@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from research.eval import run as eval_run
@@ -30,6 +31,7 @@ def _finite_and_moved(state, before):
     assert min(jax.tree.leaves(moved)) > 0, part  # every parameter got a gradient
 
 
+@pytest.mark.slow
 def test_dcgan_cifar10_runlocal_conditional_steps_on_mock_data_and_samples_with_labels(tmp_path):
   """The runlocal config as shipped (batch 64, projection D with spectral norm), one step through
   `loop.train` on mock cifar10, a sample grid, then `--mode=sample`: samples.npz with labels."""
@@ -55,6 +57,7 @@ def test_dcgan_cifar10_runlocal_conditional_steps_on_mock_data_and_samples_with_
   assert os.path.exists(tmp_path / "samples.png") and os.path.exists(tmp_path / "class_grid.png")
 
 
+@pytest.mark.slow
 def test_transgan_digits_runlocal_steps_on_the_offline_digits(tmp_path, data_dir):
   """The runlocal TransGAN recipe as shipped (WGAN-GP + drift, 2 critic updates on their own 32
   real digits each, 64 fakes for G, DiffAugment, G EMA): two real steps."""

@@ -12,10 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-import research.models.gan  # noqa: F401  (registers the networks)
-import research.models.transgan  # noqa: F401
 from research import data
 from research.errors import UserError
+from research.eval.heldout import HeldOut
 from research.models import gan
 from research.tasks import gan as gan_task
 from research.train import loop
@@ -101,7 +100,7 @@ def test_two_player_step_compiles_once_and_never_syncs_with_the_host():
   while stepping, and no host callbacks inside the compiled step."""
   task = _task(loss_type="hinge", r1_gamma=1.0, r1_every=2, gen_batch_mult=2)
   config = StepConfig(part_steps=(("disc", 2),), ema_decay=0.9)
-  traced = lambda *a: chex.assert_max_traces(make_train_step(*a), n=1)  # noqa: E731
+  traced = lambda *a: chex.assert_max_traces(make_train_step(*a), n=1)
   state, step, bs = _setup(task, config, step_fn=traced)
   batches = [jax.device_put(b, bs) for b in _batches(3)]
   metrics = []
@@ -161,12 +160,14 @@ def test_generator_batch_is_gen_bs_whatever_the_critic_split():
   task = dataclasses.replace(task, gen_batch_mult=2, gen_batch_div=4)
   batch = _batches(1, b=16)[0]
   variables = task.init(jax.random.key(0), batch)
-  task.loss("gen", variables, batch, jax.random.key(1), train=True)
-  task.loss("disc", variables, jax.tree.map(lambda x: x[:4], batch), jax.random.key(2), train=True)
+  task.loss("gen", variables, batch, jax.random.key(1), train=True, step=0)
+  task.loss(
+    "disc", variables, jax.tree.map(lambda x: x[:4], batch), jax.random.key(2), train=True, step=0
+  )
   assert seen == [(8, 8), (4, 4)]
   with pytest.raises(ValueError, match="do not divide"):
     dataclasses.replace(task, gen_batch_div=3).loss(
-      "gen", variables, batch, jax.random.key(1), train=True
+      "gen", variables, batch, jax.random.key(1), train=True, step=0
     )
 
 
@@ -197,7 +198,7 @@ def test_evaluate_counts_only_unmasked_rows():
   batches = _batches(2, b=8)
   for b, m in zip(batches, ([1.0] * 8, [1.0] * 3 + [0.0] * 5), strict=True):
     b["mask"] = np.asarray(m, np.float32)
-  results = task.evaluate(variables, iter(batches), jax.random.key(1))
+  results = HeldOut(task)(variables, batches, jax.random.key(1))
   assert results["num_examples"] == 11
   assert 0.0 <= results["d_auc"] <= 1.0 and 0.0 <= results["d_accuracy"] <= 1.0
   assert np.isfinite(results["d_real_mean"]) and np.isfinite(results["d_fake_mean"])
@@ -316,6 +317,7 @@ def _run_main(workdir, data_dir, *flags):
   return proc
 
 
+@pytest.mark.slow
 def test_dcgan_mnist_runlocal_trains_and_samples(tmp_path, data_dir):
   workdir = str(tmp_path)
   flags = [

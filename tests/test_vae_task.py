@@ -23,7 +23,7 @@ def _load(name, arg=""):
     ("vae_mnist", "runlocal,model=mlp_vae", "mnist"),
     ("vae_mnist", "runlocal,likelihood=discretized_logistic", "mnist"),
     ("vae_cifar10", "runlocal", "cifar10"),
-    ("vae_cifar10", "", "cifar10"),
+    pytest.param("vae_cifar10", "", "cifar10", marks=pytest.mark.slow),  # the full-size model
   ],
 )
 def test_one_train_step_of_each_config_on_mock_data(tmp_path, name, arg, dataset):
@@ -47,6 +47,7 @@ def test_cifar10_config_is_the_documented_model():
   assert tuple(config.model.channels) == (64, 128, 256)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_held_out_nll(tmp_path, data_dir):
   workdir = str(tmp_path)
   flags = ["--config.train.checkpoint_every=100", "--config.task.iwae_k=16"]

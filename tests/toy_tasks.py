@@ -38,6 +38,7 @@ class RegressionTask:
   """Predict the label from the pixels, with noise injected from the step's rng."""
 
   parts: tuple[str, ...] = ("model",)
+  ema_parts: tuple[str, ...] = ("model",)
   net: nn.Module = BNMlp()
 
   def init(self, rng, batch):
@@ -58,6 +59,7 @@ class TwoPlayerTask:
   """A tiny GAN on 1-D data: 'disc' then 'gen', each with its own optimizer, in one step."""
 
   parts: tuple[str, ...] = ("disc", "gen")
+  ema_parts: tuple[str, ...] = ("disc", "gen")
   gen: nn.Module = Mlp((16, 2))
   disc: nn.Module = Mlp((16, 1))
 
@@ -91,6 +93,7 @@ class LinearTask:
   """Deterministic least squares (no rng, no BatchNorm): accumulation must equal the full batch."""
 
   parts: tuple[str, ...] = ("model",)
+  ema_parts: tuple[str, ...] = ("model",)
   net: nn.Module = Mlp((8, 1))
 
   def init(self, rng, batch):
@@ -116,6 +119,7 @@ class RecorderTask:
   calls: tuple[int, int] = (1, 1)  # loss calls per step of ("critic", "gen")
   rows: tuple[int, int] = (16, 16)  # rows each call sees
   parts: tuple[str, ...] = ("critic", "gen")
+  ema_parts: tuple[str, ...] = ("critic", "gen")
 
   def init(self, rng, batch):
     return {

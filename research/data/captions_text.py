@@ -31,7 +31,7 @@ from research.errors import UserError
 
 def caption_strings(builder: Any, split: Any, caption_key: str) -> list[str]:
   """Every caption of `split` (all of them where an example has several), in file order."""
-  from research.data import tfds_source  # pylint: disable=g-import-not-at-top
+  from research.data import tfds_source
 
   tf = tfds_source.import_tf()
   tfds = tfds_source.import_tfds()
@@ -71,26 +71,27 @@ def text_length(data_config: Any) -> int:
   return int(getattr(data_config, "text_length", 0) or 0)
 
 
-def text_transform(data_config: Any) -> TextTransform | None:
+def text_transform(data_config: Any, tokenizer: str | None = None) -> TextTransform | None:
   """The caption -> "text" map of `data_config`, or None when ``text_length`` is 0.
 
-  ``config.data.text_tokenizer`` must name a tokenizer file by then (`prepare_tokenizer` sets it).
+  `tokenizer` is the tokenizer file (`prepare_tokenizer`'s result); without it,
+  ``config.data.text_tokenizer`` must name one.
   """
   length = text_length(data_config)
   if not length:
     return None
-  from research.text import bpe  # pylint: disable=g-import-not-at-top
+  from research.text import bpe
 
-  path = getattr(data_config, "text_tokenizer", "") or ""
+  path = tokenizer or getattr(data_config, "text_tokenizer", "") or ""
   if not path:
     raise UserError(
       "config.data.text_length is set but config.data.text_tokenizer is empty; run through "
       "research.main (which trains <workdir>/text_tokenizer.json) or set it to a tokenizer file"
     )
-  tokenizer = bpe.TextTokenizer.load(path)
-  check_tokenizer(tokenizer, data_config, path)
+  tokenizer_ = bpe.TextTokenizer.load(path)
+  check_tokenizer(tokenizer_, data_config, path)
   key = getattr(data_config, "caption_key", None) or "caption"
-  return TextTransform(caption_key=key, length=length, encode=tokenizer.encode_one)
+  return TextTransform(caption_key=key, length=length, encode=tokenizer_.encode_one)
 
 
 def check_tokenizer(tokenizer: Any, data_config: Any, path: Any) -> None:
@@ -108,34 +109,37 @@ def check_tokenizer(tokenizer: Any, data_config: Any, path: Any) -> None:
       )
 
 
-def prepare_tokenizer(data_config: Any, workdir: str) -> None:
-  """Makes ``config.data.text_tokenizer`` name a trained tokenizer (nothing when text_length is 0).
+def tokenizer_path(data_config: Any, workdir: str) -> str:
+  """The tokenizer file of a run in `workdir`: ``config.data.text_tokenizer``, or, when that is
+  empty (or names a file that is gone while the workdir has its own, as after moving a workdir),
+  ``<workdir>/text_tokenizer.json``."""
+  from etils import epath
 
-  An empty ``text_tokenizer`` becomes ``<workdir>/text_tokenizer.json`` (the resolved path is what
-  the saved config records). A missing file is trained on first use, by process 0, from every
+  base = workdir if "://" in workdir else os.path.abspath(workdir)
+  local = str(epath.Path(base) / "text_tokenizer.json")
+  path = getattr(data_config, "text_tokenizer", "") or ""
+  if not path or (not epath.Path(path).exists() and epath.Path(local).exists()):
+    return local
+  return path
+
+
+def prepare_tokenizer(data_config: Any, workdir: str) -> str | None:
+  """The trained tokenizer file of the run in `workdir` (None when text_length is 0).
+
+  The file is `tokenizer_path`; a missing one is trained on first use, by process 0, from every
   caption of ``config.data.split`` with ``text_vocab_size`` BPE ids and ``text_bos``; other
-  processes wait for it. A resumed run reuses the file.
+  processes wait for it. A resumed run reuses the file. `data_config` is not changed.
   """
   length = text_length(data_config)
   if not length:
-    return
-  import jax  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
+    return None
+  import jax
+  from etils import epath
 
-  from research.data import tfds_source  # pylint: disable=g-import-not-at-top
-  from research.text import bpe  # pylint: disable=g-import-not-at-top
+  from research.data import tfds_source
+  from research.text import bpe
 
-  path = getattr(data_config, "text_tokenizer", "") or ""
-  if not path:
-    base = workdir if "://" in workdir else os.path.abspath(workdir)
-    path = str(epath.Path(base) / "text_tokenizer.json")
-    try:
-      data_config.text_tokenizer = path
-    except AttributeError:  # a locked ConfigDict without the field
-      raise UserError(
-        "config.data.text_length is set but config.data has no text_tokenizer field; add "
-        "c.data.text_tokenizer = '' to the experiment (or a tokenizer file path)"
-      ) from None
+  path = tokenizer_path(data_config, workdir)
   if jax.process_index() == 0 and not epath.Path(path).exists():
     builder = tfds_source.get_builder(data_config)
     key = getattr(data_config, "caption_key", None) or "caption"
@@ -148,7 +152,8 @@ def prepare_tokenizer(data_config: Any, workdir: str) -> None:
       bos=bool(getattr(data_config, "text_bos", False)),
     )
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices("research: text tokenizer trained")
   check_tokenizer(bpe.TextTokenizer.load(path), data_config, path)
+  return path

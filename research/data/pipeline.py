@@ -12,8 +12,9 @@
   image_size      int or None: resize to image_size x image_size (bilinear, antialiased, rounded)
   prefetch        int: device batches kept ready by a background thread
   text_length     int, optional: > 0 maps each example's caption to 'text' int32 [text_length]
-                  through the BPE tokenizer in text_tokenizer (a JSON path; see
-                  `research.data.captions_text`), on the host inside tf.data
+                  through the BPE tokenizer (the iterators' `text_tokenizer` file, else
+                  config.data.text_tokenizer; see `research.data.captions_text`), on the host
+                  inside tf.data
   caption_key     str, optional: the caption feature ('caption'; 'captions/text' for coco_captions)
 
 Batches are dicts of global arrays: 'image' uint8 [B, H, W, C], 'label' int32 [B] when the
@@ -49,6 +50,8 @@ class DatasetInfo:
   num_classes: int | None  # None when the dataset has no 'label'.
   num_train: int  # Examples in config.data.split, all processes together.
   num_eval: int  # Examples in config.data.eval_split, all processes together.
+  # The caption tokenizer file (research.data.captions_text) when config.data.text_length > 0.
+  text_tokenizer: str | None = None
 
 
 def dataset_info(data_config: Any) -> DatasetInfo:
@@ -104,11 +107,11 @@ def local_batch_size(
   return global_batch_size // processes
 
 
-def _text_transform(data_config: Any) -> Any:
+def _text_transform(data_config: Any, tokenizer: str | None) -> Any:
   """The caption -> 'text' map when config.data.text_length > 0, else None."""
-  from research.data import captions_text  # pylint: disable=g-import-not-at-top
+  from research.data import captions_text
 
-  return captions_text.text_transform(data_config)
+  return captions_text.text_transform(data_config, tokenizer)
 
 
 def _process_split(split: str) -> Any:
@@ -123,13 +126,14 @@ def train_iterator(
   sharding: jax.sharding.NamedSharding,
   seed: int,
   start_step: int = 0,
+  text_tokenizer: str | None = None,
 ) -> Iterator[dict[str, jax.Array]]:
   """The infinite training stream of global batches, starting at batch `start_step`.
 
   Batch k is the same whether the iterator started at 0 or at `start_step <= k` (same seed and
   process layout). Call `.close()` on the result, or drop it, to stop its prefetch thread.
   """
-  from research.data import tf_pipeline  # pylint: disable=g-import-not-at-top
+  from research.data import tf_pipeline
 
   if start_step < 0:
     raise UserError(f"start_step {start_step} is negative; resume from a step >= 0")
@@ -147,7 +151,7 @@ def train_iterator(
     random_flip=bool(tfds_source.field(data_config, "random_flip")),
     image_size=tfds_source.field(data_config, "image_size"),
     process_index=jax.process_index(),
-    text=_text_transform(data_config),
+    text=_text_transform(data_config, text_tokenizer),
   )
   return device_prefetch.DevicePrefetcher(
     ds.as_numpy_iterator(),
@@ -162,13 +166,14 @@ def eval_iterator(
   *,
   global_batch_size: int,
   sharding: jax.sharding.NamedSharding,
+  text_tokenizer: str | None = None,
 ) -> Iterator[dict[str, jax.Array]]:
   """One pass over `eval_split` in global batches with a 'mask' (1 real, 0 padding).
 
   Every process yields the same number of batches: ceil(largest per-process part / local batch);
   short parts are padded with masked rows (and whole masked batches where needed).
   """
-  from research.data import tf_pipeline  # pylint: disable=g-import-not-at-top
+  from research.data import tf_pipeline
 
   local_batch = local_batch_size(global_batch_size, sharding, "config.eval.batch_size")
   builder = tfds_source.get_builder(data_config)
@@ -182,7 +187,7 @@ def eval_iterator(
     local_batch=local_batch,
     num_batches=num_batches,
     image_size=tfds_source.field(data_config, "image_size"),
-    text=_text_transform(data_config),
+    text=_text_transform(data_config, text_tokenizer),
   )
   return device_prefetch.DevicePrefetcher(
     ds.as_numpy_iterator(),

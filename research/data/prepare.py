@@ -7,7 +7,8 @@ result (copy the folder, or use a shared gs:// bucket):
   python -m research.data.prepare --name=offline_mnist --data_dir=/tmp/tfds   # no internet needed
   python -m research.data.prepare --config=experiments/ddpm_cifar10.py        # uses config.data
 
---name / --data_dir override the config's fields.
+--name / --data_dir override the config's fields. Like research.main, it logs warnings and errors
+only (TFDS's progress lines are INFO); pass --verbosity=0 to see those.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import types
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.data import pipeline
@@ -30,6 +31,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (overrides conf
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # research.main's level: warnings, not TFDS's progress
+    logging.set_verbosity(logging.WARNING)
   data = types.SimpleNamespace()
   if _CONFIG.value is not None:
     data = types.SimpleNamespace(**_CONFIG.value.data.to_dict())

@@ -42,7 +42,9 @@ def read_encoded(builder: Any, split: Any, *, seed: int = 0, caption_key: str | 
   With `caption_key`, examples also carry 'caption': that feature's string(s).
   """
   tfds = tfds_source.import_tfds()
-  read_config = tfds.ReadConfig(options=_options(), shuffle_seed=seed)
+  # No TFDS auto-cache: it would keep the still-encoded records (what the files hold) in memory, and
+  # tf.data warns on stderr whenever a partly read cache is dropped (a run stopped in epoch 0).
+  read_config = tfds.ReadConfig(options=_options(), shuffle_seed=seed, try_autocache=False)
   ds = builder.as_dataset(
     split=split,
     shuffle_files=False,
@@ -52,7 +54,7 @@ def read_encoded(builder: Any, split: Any, *, seed: int = 0, caption_key: str | 
   keep = ["image"] + (["label"] if "label" in builder.info.features else [])
   if caption_key is None:
     return ds.map(lambda ex: {k: ex[k] for k in keep})
-  from research.data import captions_text  # pylint: disable=g-import-not-at-top
+  from research.data import captions_text
 
   return ds.map(
     lambda ex: {

@@ -41,7 +41,7 @@ def import_tf() -> Any:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
   except ImportError:
     raise UserError(
       "the data pipeline needs tensorflow; run `pip install tensorflow-cpu`"
@@ -58,7 +58,7 @@ def import_tf() -> Any:
 def import_tfds() -> Any:
   """Imports tensorflow_datasets (which does not import tensorflow) with quiet output."""
   try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds
   except ImportError:
     raise UserError(
       "the data pipeline needs tensorflow_datasets; run `pip install tensorflow-datasets`"
@@ -67,10 +67,22 @@ def import_tfds() -> Any:
   return tfds
 
 
-def _offline_names() -> tuple[str, ...]:
-  from research.data import offline_builders  # pylint: disable=g-import-not-at-top
+@functools.cache
+def offline_builder_classes() -> dict[str, Any]:
+  """The offline builder classes by TFDS name; the first call registers them all with TFDS.
 
-  return offline_builders.OFFLINE_BUILDERS  # The import also registers the builders.
+  Their data ships in wheels, so the pipeline generates them on demand (no download involved).
+  Imported here, lazily, because their modules import tensorflow_datasets.
+  """
+  import_tfds()
+  from research.data import captions, offline_builders
+
+  classes = (offline_builders.OfflineMnist, offline_builders.OfflineDigits)
+  return {b.name: b for b in (*classes, captions.OfflineCaptionedDigits)}
+
+
+def _offline_names() -> tuple[str, ...]:
+  return tuple(offline_builder_classes())
 
 
 def is_mocked() -> bool:
@@ -90,14 +102,24 @@ def _prepare_cmd(name: str, data_dir: Any) -> str:
 
 def _make_builder(name: str, data_dir: str | None) -> Any:
   tfds = import_tfds()
-  _offline_names()  # Registers the offline builders.
+  offline = ", ".join(repr(n) for n in _offline_names())  # Also registers the offline builders.
   try:
     return tfds.builder(name, data_dir=data_dir, file_format="tfrecord")
   except tfds.core.registered.DatasetNotFoundError:
     raise UserError(
-      f"unknown TFDS dataset {name!r} in config.data.name; use a TFDS catalog name, "
-      f"'offline_mnist' or 'offline_digits'"
+      f"unknown TFDS dataset {name!r} in config.data.name; use a TFDS catalog name or one of "
+      f"{offline}"
     ) from None
+
+
+def is_prepared(builder: Any) -> bool:
+  """Whether the builder's version folder holds its dataset_info.json (TFDS writes it last).
+
+  The test of `builder.is_prepared()` (a valid version folder with dataset_info.json; the builder's
+  own version is valid) without its absl warning "Variant folder ... has no dataset_info.json",
+  which TFDS logs whenever the folder is absent, i.e. before every first build.
+  """
+  return builder.data_path.joinpath("dataset_info.json").exists()
 
 
 def download_and_prepare(builder: Any, *, offline: bool) -> None:
@@ -127,7 +149,7 @@ def get_builder(data_config: Any) -> Any:
   data_dir = field(data_config, "data_dir")
   offline = name in _offline_names()
   builder = _make_builder(name, data_dir)
-  if builder.is_prepared() or is_mocked():
+  if is_prepared(builder) or is_mocked():
     return builder
   if offline or field(data_config, "download"):
     download_and_prepare(builder, offline=offline)

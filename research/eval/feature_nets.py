@@ -6,8 +6,8 @@ jit it and replicate or shard the parameters over a mesh. Loaders take the eval 
 (`config.eval`) and return a ready `FeatureNet`.
 
 Registered here: "inception_v3" (the FID InceptionV3, 2015-12-05 TF weights converted from
-pytorch-fid's file by `research.eval.inception_weights`). The in-domain digits classifier registers
-itself elsewhere.
+pytorch-fid's file by `research.eval.inception_weights`) and "digits_classifier" (the project's
+in-domain classifier, `experiments/digits_classifier.py`, loaded through `research.train.restore`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from research.errors import UserError
-from research.registry import Registry
+from research.registry import FEATURE_NETS
+from research.train import restore
 
 ApplyFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
@@ -39,12 +40,6 @@ class FeatureNet:
   input_size: int  # images are resized to input_size x input_size before the network
   resize: str  # the resize method (part of the reference statistics' identity)
   weights: str  # where the weights came from (a path, or "random")
-
-
-# name -> loader(eval_config) -> FeatureNet
-FEATURE_NETS: Registry[Callable[[ml_collections.ConfigDict], FeatureNet]] = Registry(
-  "feature network", "config.eval.feature_net"
-)
 
 
 def _eval_field(eval_config: ml_collections.ConfigDict | None, key: str, default: Any) -> Any:
@@ -115,3 +110,55 @@ def inception_v3(
 
 
 FEATURE_NETS.register("inception_v3")(inception_v3)
+
+# ---- the project's digits classifier ----------------------------------------------------------------
+DIGITS_ENV = "RESEARCH_DIGITS_CLASSIFIER"
+DIGITS_DEFAULT_WORKDIR = "workdirs/digits_classifier"
+DIGITS_TRAIN_COMMAND = (
+  "python -m research.main --config=experiments/digits_classifier.py --workdir={workdir}"
+)
+
+
+def classifier_workdir(eval_config: ml_collections.ConfigDict | None) -> str:
+  """config.eval.classifier_workdir, else $RESEARCH_DIGITS_CLASSIFIER, else workdirs/digits_classifier."""
+  return (
+    str(_eval_field(eval_config, "classifier_workdir", ""))
+    or os.environ.get(DIGITS_ENV)
+    or DIGITS_DEFAULT_WORKDIR
+  )
+
+
+@FEATURE_NETS.register("digits_classifier")
+def digits_classifier(eval_config: ml_collections.ConfigDict | None = None) -> FeatureNet:
+  """The trained digits classifier: penultimate features [B, hidden] and logits [B, K].
+
+  It takes images at the size it was trained on (no resize): 28x28 for offline_mnist.
+  """
+  workdir = classifier_workdir(eval_config)
+  try:
+    trained = restore.load_trained(workdir, task_name="classifier")
+  except restore.NoCheckpoint:
+    raise UserError(
+      f"no trained digits classifier in {workdir}; train it with: "
+      f"{DIGITS_TRAIN_COMMAND.format(workdir=workdir)} (or set config.eval.classifier_workdir or "
+      f"${DIGITS_ENV}; config.eval.feature_net='' turns the classifier metrics off)"
+    ) from None
+  task, params = trained.task, trained.variables["model"]["params"]
+
+  def apply(p: Any, images: jax.Array) -> dict[str, jax.Array]:
+    logits, features = task.logits_and_features(p, images)
+    return {"features": features.astype(jnp.float32), "logits": logits.astype(jnp.float32)}
+
+  side = int(trained.info.image_shape[0])
+  probe = jax.ShapeDtypeStruct((1, side, side, trained.info.image_shape[2]), jnp.uint8)
+  shapes = jax.eval_shape(apply, params, probe)
+  return FeatureNet(
+    name="digits_classifier",
+    params=jax.device_get(params),
+    apply=apply,
+    feature_dim=int(shapes["features"].shape[1]),
+    num_classes=int(trained.info.num_classes),
+    input_size=side,
+    resize="none",
+    weights=f"{workdir} step {trained.step} ({trained.config.data.name})",
+  )

@@ -157,7 +157,7 @@ class DalleTransformer(nn.Module):
       for i, kind in enumerate(kinds)
     ]
     self.ln_f = nn.LayerNorm(dtype=_dtype(self.dtype), param_dtype=pdt)
-    dense = lambda n, name: nn.Dense(  # noqa: E731
+    dense = lambda n, name: nn.Dense(
       n, dtype=_dtype(self.dtype), param_dtype=pdt, kernel_init=emb, name=name
     )
     self.text_head = dense(self.text_vocab, "text_head")

@@ -88,7 +88,7 @@ class DCGANGenerator(nn.Module):
     h, w, c = self.image_shape
     n = num_stages(h, w)
     h0, w0 = h >> n, w >> n
-    bn = lambda: nn.BatchNorm(  # noqa: E731
+    bn = lambda: nn.BatchNorm(
       use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=_bn_scale_init, dtype=dt
     )
     x = with_labels(z, y, self.num_classes).astype(dt)

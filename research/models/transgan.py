@@ -221,9 +221,7 @@ class ViTDiscriminator(nn.Module):
         "relative_position needs multi_scale (single-scale blocks carry the class token)"
       )
     x = x.astype(dt)
-    block = lambda d: Block(  # noqa: E731
-      d, self.heads, self.mlp_ratio, self.relative_position, 0, self.dtype
-    )
+    block = lambda d: Block(d, self.heads, self.mlp_ratio, self.relative_position, 0, self.dtype)
     if self.multi_scale:
       wide, side = self.dim // 4 * 3, h // p
       t = nn.Conv(wide, (p, p), (p, p), "VALID", kernel_init=XAVIER, dtype=dt)(x)

@@ -6,22 +6,19 @@ caption against all images, averaged. Batches are {"image": uint8 [B, H, W, C], 
 [B, L]} from the data pipeline's caption map (``config.data.text_length``); the BPE tokenizer is the
 workdir's (`research.data.captions_text`).
 
-Eval (`evaluate`) on the held-out split, within each eval batch (padding rows excluded):
-* ``i2t_top1`` / ``t2i_top1``: the paired caption (image) is the top-1 of the batch. Captions repeat
-  (two canvases may both be "a handwritten seven"), so ``i2t_label_top1`` / ``t2i_label_top1`` also
-  count a retrieved item whose digit labels equal the query's, and ``*_held_out`` restricts those
-  to the canvases whose (left, right) pair never occurs in training (compositional generalisation);
-* ``zero_shot_digit_acc``: each non-empty cell, moved into the left cell of a blank canvas, is
-  classified by the best of the ten captions "a handwritten zero" ... "a handwritten nine".
+Held-out metrics (`eval_sums`), within each eval batch (padding rows excluded): the symmetric
+InfoNCE, and ``i2t_top1`` / ``t2i_top1``, the share of images (captions) whose paired caption
+(image) is the top-1 of the batch. Checks that only make sense for captioned digits (label-aware
+retrieval, held-out pairs, zero-shot digit classification) are the ``clip_digits`` evaluator
+(`research.eval.clip_digits`).
 
-For DALL-E reranking: `CLIPTask.score` (jittable) and `load_clip(workdir)`.
+For DALL-E reranking: `CLIPTask.score` (jittable); load a trained one with
+`research.train.restore.load_trained`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -31,10 +28,9 @@ import jax.numpy as jnp
 from research import data
 from research.errors import UserError
 from research.registry import TASKS, build_module
-from research.tasks.base import Batch, Metrics, Variables
-
-ZERO_SHOT_TEMPLATE = "a handwritten {}"
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+from research.tasks import pixels
+from research.tasks.base import Batch, Metrics, ModelTask, Variables, options
+from research.text import bpe
 
 
 def info_nce(img: jax.Array, txt: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -49,29 +45,29 @@ def info_nce(img: jax.Array, txt: jax.Array, scale: jax.Array) -> tuple[jax.Arra
   return 0.5 * (jnp.mean(loss_i) + jnp.mean(loss_t)), logits
 
 
-def _pixels(images: jax.Array) -> jax.Array:
-  """uint8 [B, H, W, C] -> f32 in [-1, 1]."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
 @dataclasses.dataclass(frozen=True)
-class CLIPTask:
+class CLIPTask(ModelTask):
   model: nn.Module
   text_length: int
-  zero_shot_text: tuple[tuple[int, ...], ...] = ()  # int32 [10, L]: "a handwritten <d>" per digit
-  held_out_pairs: tuple[tuple[int, int], ...] = ()
-  parts: tuple[str, ...] = ("model",)
+  tokenizer_path: str = ""  # the caption tokenizer's file (research.text.bpe)
+
+  @property
+  def tokenizer(self) -> bpe.TextTokenizer:
+    return bpe.TextTokenizer.load(self.tokenizer_path)
 
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
-    images = _pixels(batch["image"])
+    images = pixels.to_signed(batch["image"])
     text = jnp.zeros((images.shape[0], self.text_length), jnp.int32)
     return {"model": self.model.init(rng, images, text)}
 
   def embed(self, variables: Variables, images: jax.Array, text: jax.Array):
     """(image unit vectors [B, E], text unit vectors [B, E], scale []) from uint8 images."""
-    return self.model.apply({"params": variables["model"]["params"]}, _pixels(images), text)
+    return self.model.apply(
+      {"params": variables["model"]["params"]}, pixels.to_signed(images), text
+    )
 
-  def _apply(self, variables: Variables, method: str, *args: jax.Array) -> jax.Array:
+  def apply(self, variables: Variables, method: str, *args: jax.Array) -> jax.Array:
+    """One of the model's methods ("encode_image" on [-1, 1] pixels, "encode_text" on ids)."""
     return self.model.apply({"params": variables["model"]["params"]}, *args, method=method)
 
   def loss(
@@ -82,7 +78,7 @@ class CLIPTask:
     rng: jax.Array,
     *,
     train: bool,
-    step: jax.Array | None = None,
+    step: jax.Array,
   ) -> tuple[jax.Array, Metrics, Variables]:
     if "text" not in batch:
       raise UserError("the clip task needs captions; set config.data.text_length > 0")
@@ -105,15 +101,19 @@ class CLIPTask:
   def sample(self, variables: Variables, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     raise UserError("the clip family draws no samples; use --mode=eval (retrieval, zero-shot)")
 
-  def artifacts(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
-    return {}
-
   # ---- evaluation --------------------------------------------------------------------------------
-  def _batch_sums(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
-    variables = {"model": {"params": params}}
+  def batch_logits(self, variables: Variables, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Image-caption logits [B, B] of one eval batch, -inf where a padding row takes part, and
+    the real-row mask [B]."""
+    if "text" not in batch:
+      raise UserError("the clip task needs captions; set config.data.text_length > 0")
     mask = batch["mask"] > 0  # [B]
     img, txt, scale = self.embed(variables, batch["image"], batch["text"])
-    logits = jnp.where(mask[None, :] & mask[:, None], scale * img @ txt.T, -jnp.inf)  # [B, B]
+    pair = mask[None, :] & mask[:, None]
+    return jnp.where(pair, scale * img @ txt.T, -jnp.inf), mask
+
+  def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Metrics:
+    logits, mask = self.batch_logits(variables, batch)
     b = logits.shape[0]
     i2t, t2i = jnp.argmax(logits, axis=1), jnp.argmax(logits, axis=0)  # [B] each
     real = mask.astype(jnp.float32)
@@ -121,132 +121,24 @@ class CLIPTask:
     safe = jnp.where(mask[None, :] & mask[:, None], logits, -1e9)
     nce_i = jax.nn.logsumexp(safe, axis=1) - diag
     nce_t = jax.nn.logsumexp(safe, axis=0) - diag
-    sums = {
+    return {
       "count": jnp.sum(real),
       "info_nce": jnp.sum(0.5 * (nce_i + nce_t) * real),
       "i2t_top1": jnp.sum((i2t == jnp.arange(b)) * real),
       "t2i_top1": jnp.sum((t2i == jnp.arange(b)) * real),
     }
-    if "label" in batch and self.zero_shot_text:
-      label = batch["label"]  # [B, 2]
-      same_i2t = jnp.all(label[i2t] == label, axis=-1) * real
-      same_t2i = jnp.all(label[t2i] == label, axis=-1) * real
-      pairs = jnp.asarray(self.held_out_pairs)  # [P, 2]
-      held = jnp.any(jnp.all(label[:, None, :] == pairs[None], axis=-1), axis=1) * real  # [B]
-      sums.update(
-        {
-          "i2t_label_top1": jnp.sum(same_i2t),
-          "t2i_label_top1": jnp.sum(same_t2i),
-          "held_out_count": jnp.sum(held),
-          "i2t_label_top1_held_out": jnp.sum(same_i2t * held),
-          "t2i_label_top1_held_out": jnp.sum(same_t2i * held),
-        }
-      )
-      sums.update(self._zero_shot_sums(variables, batch["image"], label, mask))
-    return sums
-
-  def _zero_shot_sums(
-    self, variables: Variables, images: jax.Array, label: jax.Array, mask: jax.Array
-  ) -> dict[str, jax.Array]:
-    """Each non-empty cell of uint8 [B, H, 2H, C] alone in the left cell, against 10 captions."""
-    b, h, w, c = images.shape
-    cells = jnp.stack([images[:, :, : w // 2], images[:, :, w // 2 :]], axis=1)  # [B, 2, H, W/2, C]
-    canvases = jnp.concatenate([cells, jnp.zeros_like(cells)], axis=3)  # digit left, blank right
-    img = self._apply(variables, "encode_image", _pixels(canvases.reshape(2 * b, h, w, c)))
-    txt = self._apply(variables, "encode_text", jnp.asarray(self.zero_shot_text))  # [10, E]
-    pred = jnp.argmax(img @ txt.T, axis=-1).reshape(b, 2)  # [B, 2]
-    valid = (label >= 0) & mask[:, None]
-    return {
-      "zero_shot_cells": jnp.sum(valid),
-      "zero_shot_correct": jnp.sum((pred == label) & valid),
-    }
-
-  @functools.cached_property
-  def _eval_sums(self):
-    return jax.jit(self._batch_sums)  # compiled once per task
-
-  def evaluate(
-    self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
-  ) -> dict[str, float]:
-    params = variables["model"]["params"]
-    totals = None
-    for batch in batches:
-      if "text" not in batch:
-        raise UserError("the clip task needs captions; set config.data.text_length > 0")
-      out = self._eval_sums(params, batch)
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    if totals is None:
-      raise UserError("the eval split is empty; set config.data.eval_split")
-    t = {k: float(v) for k, v in jax.device_get(totals).items()}
-    n = t.pop("count")
-    results = {"num_examples": n, "info_nce": t.pop("info_nce") / n}
-    held = t.pop("held_out_count", 0.0)
-    cells, correct = t.pop("zero_shot_cells", 0.0), t.pop("zero_shot_correct", 0.0)
-    for k, v in t.items():
-      if k.endswith("_held_out"):
-        if held:
-          results[k] = v / held
-      else:
-        results[k] = v / n
-    if cells:
-      results["zero_shot_digit_acc"] = correct / cells
-      results["num_held_out"] = held
-    return results
 
 
 @TASKS.register("clip")
 def make_clip_task(config: Any, info: data.DatasetInfo) -> CLIPTask:
-  from research.data import captions_text  # pylint: disable=g-import-not-at-top
-  from research.text import bpe  # pylint: disable=g-import-not-at-top
-
-  if not captions_text.text_length(config.data):
+  if not info.text_tokenizer:
     raise UserError("the clip task needs captions; set config.data.text_length (e.g. 24)")
-  tokenizer = bpe.TextTokenizer.load(config.data.text_tokenizer)
+  tokenizer = bpe.TextTokenizer.load(info.text_tokenizer)
   fields = {**config.model.to_dict(), "vocab_size": tokenizer.vocab_size}
   fields["text_length"] = tokenizer.text_length
-  zero_shot, held = (), ()
-  h, w, _ = info.image_shape
-  if w == 2 * h and config.data.name == "offline_captioned_digits":
-    from research.data import captions  # pylint: disable=g-import-not-at-top
-
-    ids = tokenizer.encode([ZERO_SHOT_TEMPLATE.format(d) for d in DIGIT_WORDS])  # [10, L]
-    zero_shot = tuple(tuple(int(t) for t in row) for row in ids)
-    held = captions.HELD_OUT_PAIRS
+  options(CLIPTask, config.task, computed=("model", "text_length", "tokenizer_path"))  # typos
   return CLIPTask(
     model=build_module(fields),
     text_length=tokenizer.text_length,
-    zero_shot_text=zero_shot,
-    held_out_pairs=held,
+    tokenizer_path=info.text_tokenizer,
   )
-
-
-def load_clip(workdir: str) -> tuple[CLIPTask, Variables]:
-  """The CLIP task and its variables (EMA when the run kept one and sample.use_ema) of a workdir.
-
-  Rebuilds the run from the config JSON saved beside its latest checkpoint; the tokenizer is the
-  workdir's ``text_tokenizer.json``.
-  """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
-  from research.train import checkpoint, setup  # pylint: disable=g-import-not-at-top
-
-  ckpt = checkpoint.Checkpointer(workdir, save_every=1)
-  step = ckpt.latest_step()
-  if step is None:
-    ckpt.close()
-    raise UserError(f"no CLIP checkpoint in {workdir}/checkpoints; train experiments/clip_*.py")
-  saved = ckpt.saved_config(step)
-  ckpt.close()
-  if saved.get("task", {}).get("name") != "clip":
-    raise UserError(f"{workdir} holds a {saved.get('task', {}).get('name')!r} run, not clip")
-  config = ml_collections.ConfigDict(saved)
-  local = epath.Path(checkpoint.absolute(workdir)) / "text_tokenizer.json"
-  if local.exists():
-    config.data.text_tokenizer = str(local)
-  exp = setup.build(config, workdir, require_checkpoint=True)
-  exp.checkpointer.close()
-  task = exp.task
-  if not isinstance(task, CLIPTask):
-    raise UserError(f"{workdir} does not hold a clip run")
-  return task, exp.state.variables(use_ema=bool(config.sample.use_ema))

@@ -4,8 +4,9 @@
   the argmax of its encoder logits. Its variables are a non-trainable collection of the "model" part
   (``image_tokenizer``): the shared step never differentiates or updates them, checkpoints hold them
   (a checkpoint is self-contained), and the initial state fetches them with a host callback instead
-  of embedding them as jit constants. (The dVAE's config is still read from its workdir to build the
-  module.) ``task.image_tokenizer=patches`` swaps in a parameter-free stand-in for smoke runs.
+  of embedding them as jit constants. The dVAE loads through `research.train.restore.load_trained`
+  (its saved config rebuilds the module). ``task.image_tokenizer=patches`` swaps in a
+  parameter-free stand-in for smoke runs.
 - Loss (section 2.2 / appendix B.1): next-token cross-entropy, the caption's and the image's each
   normalised by their own token count in the batch, weighted 1/8 and 7/8.
 - Caption dropout for classifier-free guidance: with probability ``task.caption_dropout`` the caption
@@ -13,41 +14,42 @@
   unconditional branch of the sampler's super conditioning.
 - Sampling (`research.tasks.dalle_sampling`): captions from ``sample.captions`` (or
   ``sample.captions_file``, one per line), temperature / top-k / nucleus, guidance, a KV cache; the
-  dVAE decodes the tokens; with ``sample.rerank_workdir`` a CLIP model of the project
-  (`research.tasks.clip.load_clip`) scores ``sample.candidates`` images per caption and keeps the best.
-- Eval: held-out NLL of caption and image tokens (nats/token; image also bits per pixel), and, with
-  ``task.classifier`` (a `research.eval.feature_nets` name, e.g. digits_classifier), the fraction of
-  digits a classifier reads in generated canvases that agree with what the caption asks for, and
-  the FID / KID of the generated digits against the real ones of the same held-out captions.
+  dVAE decodes the tokens; with ``sample.rerank_workdir`` a CLIP model of the project (loaded
+  through `research.train.restore.load_trained`) scores ``sample.candidates`` images per caption and
+  keeps the best.
+- Eval: held-out NLL of caption and image tokens (nats/token; image also bits per pixel). On
+  captioned digits the ``caption_digits`` evaluator (`research.eval.caption_digits`) adds the share
+  of generated digits a classifier reads as the caption asks, and their FID / KID.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from research import data
+from research.data.captioned_digits import caption_label
 from research.errors import UserError
-from research.eval import averages
 from research.registry import TASKS, build_module
 from research.tasks import dalle_sampling
-from research.tasks.base import Batch, Metrics, Variables
-from research.tasks.dalle_support import DVAETokens, PatchTokens, caption_label, caption_strips
+from research.tasks.base import Batch, Metrics, ModelTask, Variables, masked_sums, options
+from research.tasks.dalle_support import DVAETokens, PatchTokens, caption_strips
+from research.text import TextTokenizer
+from research.train.restore import load_trained
 
 TOKENIZER = "image_tokenizer"  # the collection of the frozen image tokenizer's variables
 TEXT_WEIGHT = 1.0 / 8.0  # Ramesh et al. 2021, appendix B.1: 1/8 text, 7/8 image
 
 
 @dataclasses.dataclass(frozen=True)
-class DalleTask:
+class DalleTask(ModelTask):
   model: Any  # research.models.dalle.DalleTransformer
   tokens: Any  # PatchTokens | DVAETokens: encode_tokens / decode_tokens / vocab_size / grid_shape
   frozen: Any = None  # host (numpy) variables of the image tokenizer, or None
@@ -62,10 +64,7 @@ class DalleTask:
   # host: caption ids int [B, L] of this model -> int32 [B, L'] of the reranker's tokenizer
   to_clip_ids: Callable[[np.ndarray], np.ndarray] | None = None
   candidates: int = 1  # images drawn per kept image when reranking
-  classifier: Callable[[], Any] | None = None  # loads a FeatureNet for caption-digit agreement
-  agreement_samples: int = 200
   image_shape: tuple[int, int, int] = (32, 64, 1)  # the data's (H, W, C)
-  parts: tuple[str, ...] = ("model",)
 
   # ---- helpers ----------------------------------------------------------------------------------
   @property
@@ -114,7 +113,7 @@ class DalleTask:
     rng: jax.Array,
     *,
     train: bool,
-    step: jax.Array | None = None,
+    step: jax.Array,
   ) -> tuple[jax.Array, Metrics, Variables]:
     v = variables["model"]
     text = batch["text"].astype(jnp.int32)  # [B, L]
@@ -181,127 +180,26 @@ class DalleTask:
     return {"captions.png": jnp.concatenate([strips, rows], axis=1).reshape(-1, k * (w + 2), ch)}
 
   # ---- evaluation ------------------------------------------------------------------------------
-  def _batch_sums(self, variables: Variables, batch: Batch) -> Metrics:
+  def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Metrics:
     terms = self.nll_terms(variables["model"], batch["text"].astype(jnp.int32), batch["image"])
     per_example = {k: jnp.mean(v, axis=1) for k, v in terms.items()}  # [B] nats/token
-    return averages.masked_sums(per_example, batch["mask"])
+    return masked_sums(per_example, batch["mask"])
 
-  @functools.cached_property
-  def _eval_sums(self):
-    return jax.jit(self._batch_sums)  # compiled once per task, not once per evaluation
-
-  @functools.cached_property
-  def _judge(self) -> tuple[Any, Callable[..., Any]]:
-    """The classifier and its jitted apply, loaded once per task (every `train.eval_every`
-    evaluation reuses them); a failed load raises again next time (nothing is cached)."""
-    net = self.classifier()
-    return net, jax.jit(net.apply)
-
-  @functools.cached_property
-  def _generate_jit(self):
-    return jax.jit(self.generate_images)
-
-  def evaluate(
-    self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
-  ) -> dict[str, float]:
-    kept: list[Batch] = []
-    want = self.agreement_samples if self.classifier else 0
-
-    def sums(batch: Batch, index: int) -> Metrics:
-      if sum(int(b["text"].shape[0]) for b in kept) < want:
-        kept.append(batch)
-      return self._eval_sums(variables, batch)
-
-    means, n = averages.split_means(sums, batches)
+  def eval_summary(self, totals: dict[str, np.ndarray]) -> dict[str, float]:
+    n = float(totals["count"])
+    text, image = float(totals["text"]) / n, float(totals["image"]) / n
     num_image = self.model.layout.num_image
     pixels = math.prod(self.image_shape)
-    results = {
-      "text_nats_per_token": means["text"],
-      "image_nats_per_token": means["image"],
-      "image_bits_per_token": means["image"] / math.log(2),
+    return {
+      "text_nats_per_token": text,
+      "image_nats_per_token": image,
+      "image_bits_per_token": image / math.log(2),
       # The image tokens' NLL spread over the pixels (an upper-bound-like "bits/dim" of the
       # token model only: it leaves out the dVAE's reconstruction term).
-      "image_token_bits_per_dim": means["image"] * num_image / (pixels * math.log(2)),
-      "loss": self.text_weight * means["text"] + (1 - self.text_weight) * means["image"],
+      "image_token_bits_per_dim": image * num_image / (pixels * math.log(2)),
+      "loss": self.text_weight * text + (1 - self.text_weight) * image,
       "num_examples": n,
     }
-    if kept:
-      results.update(self._caption_metrics(variables, kept, rng))
-    return results
-
-  def _caption_metrics(
-    self, variables: Variables, kept: list[Batch], rng: jax.Array
-  ) -> dict[str, float]:
-    """Generated canvases for held-out captions against the real canvases of the same captions.
-
-    Each square cell the caption fills (cells it leaves empty are skipped) is classified and
-    embedded by the classifier, for the generated and the real canvas alike:
-    ``caption_digit_agreement`` is the share of generated cells read as the digit the caption asks
-    for (``real_digit_agreement``, the same for the real cells, is its ceiling); ``fid`` and
-    ``kid`` compare the generated cells with the real ones in the classifier's feature space
-    (`research.eval.metrics`), over ``fid_n`` cells of each (FID is biased upwards at small N).
-    With a reranker (``sample.rerank_workdir``) the generated canvases are the reranked ones, as in
-    sample mode: the held-out captions are re-tokenized for CLIP on the host.
-    """
-    from research.eval import metrics  # pylint: disable=g-import-not-at-top
-
-    try:
-      net, apply = self._judge
-    except UserError as e:  # no trained classifier: skip, say why
-      print(f"note: caption-digit agreement skipped: {e}", file=sys.stderr)
-      return {}
-    hits = {"generated": 0, "real": 0}
-    feats: dict[str, list[np.ndarray]] = {"generated": [], "real": []}
-    for i, batch in enumerate(kept):
-      clip_text = None  # held-out captions in the reranker's tokenizer, when there is one
-      if self.to_clip_ids is not None:
-        clip_text = self.to_clip_ids(np.asarray(jax.device_get(batch["text"])))
-      key = jax.random.fold_in(rng, i)
-      generated, _ = self._generate_jit(variables, batch["text"], key, clip_text)
-      canvases = {"generated": np.asarray(generated), "real": np.asarray(batch["image"])}
-      labels = np.asarray(batch["label"]).reshape(len(generated), -1)
-      mask = np.asarray(batch["mask"]) > 0
-      size = canvases["real"].shape[1]  # square cells side by side: W // H of them
-      for cell in range(min(labels.shape[1], canvases["real"].shape[2] // size)):
-        ok = mask & (labels[:, cell] >= 0)
-        for kind, images in canvases.items():
-          crop = _fit(images[:, :, cell * size : (cell + 1) * size], net.input_size)
-          out = jax.device_get(apply(net.params, crop))
-          pred = np.argmax(out["logits"], axis=-1)
-          hits[kind] += int(np.sum((pred == labels[:, cell]) & ok))
-          feats[kind].append(np.asarray(out["features"], np.float64)[ok])
-    gen, real = (np.concatenate(feats[k]) for k in ("generated", "real"))
-    total = len(gen)
-    results = {
-      "caption_digit_agreement": hits["generated"] / max(total, 1),
-      "real_digit_agreement": hits["real"] / max(total, 1),
-      "agreement_cells": float(total),
-    }
-    if total >= 2:
-      fid = metrics.frechet_distance(*metrics.gaussian_stats(real), *metrics.gaussian_stats(gen))
-      kid_mean, kid_std = metrics.kid(real, gen, num_subsets=20, subset_size=max(2, total // 2))
-      results.update({"fid": fid, "fid_n": float(total), "kid": kid_mean, "kid_std": kid_std})
-    return results
-
-
-# A captioned-digits cell is a 28x28 digit padded by 2 on each side (research/data/captions.py,
-# CELL = 32; not imported: it pulls in TFDS): the digit is the centre 7/8 of a cell at any size.
-DIGIT_FRACTION = 28 / 32
-
-
-def _fit(cells: np.ndarray, side: int) -> np.ndarray:
-  """uint8 cells [B, S, S, C] -> [B, side, side, C] for the classifier: the digit's box (the centre
-  DIGIT_FRACTION of the cell), resized (bilinear, antialiased) only when it is not `side` already."""
-  s = cells.shape[1]
-  d = max(1, round(s * DIGIT_FRACTION))
-  o = (s - d) // 2
-  digits = cells[:, o : o + d, o : o + d]
-  if d == side:
-    return digits
-  resized = jax.image.resize(
-    digits.astype(np.float32), (len(cells), side, side, cells.shape[-1]), "bilinear"
-  )
-  return np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
 
 
 def _cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -313,21 +211,10 @@ def _cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def _captions(sample_config: Any) -> list[str]:
   path = sample_config.get("captions_file", "")
   if path:
-    from etils import epath  # pylint: disable=g-import-not-at-top
-
     if not epath.Path(path).exists():
       raise UserError(f"config.sample.captions_file {path} does not exist; give an existing file")
     return [line.strip() for line in epath.Path(path).read_text().splitlines() if line.strip()]
   return [str(c) for c in sample_config.get("captions", ())]
-
-
-def _text_tokenizer(config: Any) -> Any:
-  from research.text import TextTokenizer  # pylint: disable=g-import-not-at-top
-
-  path = config.data.get("text_tokenizer", "")
-  if not path:
-    raise UserError("task dalle needs a caption tokenizer; set config.data.text_tokenizer")
-  return TextTokenizer.load(path)
 
 
 def _image_tokenizer(config: Any, info: data.DatasetInfo) -> tuple[Any, Any]:
@@ -340,18 +227,54 @@ def _image_tokenizer(config: Any, info: data.DatasetInfo) -> tuple[Any, Any]:
     )
   if not tc.dvae_workdir:
     raise UserError("task dalle needs a trained dVAE; set config.task.dvae_workdir")
-  from research import tokenize  # pylint: disable=g-import-not-at-top
-
   # The dVAE is fully convolutional: one trained on 28x28 digits also tokenizes 32x64 canvases.
-  dvae_task, dvae_vars = tokenize.load_dvae(tc.dvae_workdir, image_shape=tuple(info.image_shape))
-  return DVAETokens(dvae_task), jax.device_get(dvae_vars)
+  dvae = load_trained(tc.dvae_workdir, task_name="dvae", image_shape=tuple(info.image_shape))
+  return DVAETokens(dvae.task), jax.device_get(dvae.variables)
+
+
+def _reranker(workdir: str, tokenizer: TextTokenizer, captions: list[str]) -> dict[str, Any]:
+  """The CLIP model of `workdir` and the sample captions in its tokenizer, for DalleTask."""
+  clip = load_trained(workdir, task_name="clip")
+  clip_tokenizer = clip.task.tokenizer
+
+  def to_clip_ids(ids: np.ndarray) -> np.ndarray:
+    return clip_tokenizer.encode(tokenizer.decode(ids))
+
+  return {
+    "rerank": (clip.task, jax.device_get(clip.variables)),
+    "clip_caption_ids": clip_tokenizer.encode(captions),
+    "to_clip_ids": to_clip_ids,
+  }
+
+
+# Config keys the factory reads itself (the image tokenizer), and the fields it computes.
+_TOKENIZER_KEYS = ("image_tokenizer", "dvae_workdir", "patch_size", "patch_levels")
+_COMPUTED = (
+  "model",
+  "tokens",
+  "frozen",
+  "captions",
+  "caption_ids",
+  "sampling",
+  "rerank",
+  "clip_caption_ids",
+  "to_clip_ids",
+  "image_shape",
+)
 
 
 @TASKS.register("dalle")
 def make_dalle_task(config: Any, info: data.DatasetInfo) -> DalleTask:
-  tc, sc = config.task, config.sample
+  sc = config.sample
+  opts = options(DalleTask, config.task, computed=(*_COMPUTED, *_TOKENIZER_KEYS))
+  if not 0 <= opts.get("caption_dropout", 0.0) < 1:
+    raise UserError(f"config.task.caption_dropout={opts['caption_dropout']} must be in [0, 1)")
+  # per_caption and candidates are sampling settings: config.sample.
+  opts.update(options(DalleTask, sc, computed=_COMPUTED, strict=False))
   tokens, frozen = _image_tokenizer(config, info)
-  tokenizer = _text_tokenizer(config)
+  if not info.text_tokenizer:
+    raise UserError("task dalle needs captions; set config.data.text_length (e.g. 24)")
+  tokenizer = TextTokenizer.load(info.text_tokenizer)
   fields = {
     **config.model.to_dict(),
     "text_vocab": tokenizer.vocab_size,
@@ -362,52 +285,18 @@ def make_dalle_task(config: Any, info: data.DatasetInfo) -> DalleTask:
   captions = _captions(sc)
   if not captions:
     raise UserError("no sample captions; set config.sample.captions or config.sample.captions_file")
-  rerank = clip_ids = to_clip_ids = None
-  if sc.get("rerank_workdir", ""):
-    from etils import epath  # pylint: disable=g-import-not-at-top
-
-    from research.tasks import clip  # pylint: disable=g-import-not-at-top
-    from research.text import TextTokenizer  # pylint: disable=g-import-not-at-top
-
-    clip_task, clip_vars = clip.load_clip(sc.rerank_workdir)
-    rerank = (clip_task, jax.device_get(clip_vars))
-    path = epath.Path(sc.rerank_workdir) / "text_tokenizer.json"
-    clip_tokenizer = TextTokenizer.load(path)
-    clip_ids = clip_tokenizer.encode(captions)
-
-    def to_clip_ids(ids: np.ndarray) -> np.ndarray:
-      return clip_tokenizer.encode(tokenizer.decode(ids))
-
-  classifier = None
-  if tc.get("classifier", ""):
-    from research.eval import feature_nets  # pylint: disable=g-import-not-at-top
-
-    name, eval_config = tc.classifier, config.eval
-
-    def classifier() -> Any:  # loaded at eval time; a missing one skips the agreement metric
-      return feature_nets.FEATURE_NETS.get(name)(eval_config)
-
-  if not 0 <= tc.caption_dropout < 1:
-    raise UserError(f"config.task.caption_dropout={tc.caption_dropout} must be in [0, 1)")
+  rerank = _reranker(sc.rerank_workdir, tokenizer, captions) if sc.get("rerank_workdir") else {}
+  sampling = dalle_sampling.SamplingConfig(
+    **options(dalle_sampling.SamplingConfig, sc, strict=False)
+  )
   return DalleTask(
     model=build_module(fields),
     tokens=tokens,
     frozen=frozen,
-    caption_dropout=tc.caption_dropout,
     captions=tuple(captions),
     caption_ids=tokenizer.encode(captions),
-    sampling=dalle_sampling.SamplingConfig(
-      temperature=sc.temperature,
-      top_k=sc.top_k,
-      top_p=sc.top_p,
-      guidance_scale=sc.guidance_scale,
-    ),
-    per_caption=sc.per_caption,
-    rerank=rerank,
-    clip_caption_ids=clip_ids,
-    to_clip_ids=to_clip_ids,
-    candidates=sc.get("candidates", 1),
-    classifier=classifier,
-    agreement_samples=tc.agreement_samples,
+    sampling=sampling,
     image_shape=tuple(info.image_shape),
+    **rerank,
+    **opts,
   )

@@ -76,9 +76,7 @@ def generate(
   rows = text.shape[0]
   bos = jnp.full((rows, 1), model.text_vocab, jnp.int32)
   cache = model.init_cache(rows)
-  apply = lambda ids, start, c: model.apply(  # noqa: E731
-    {"params": params}, ids, start, c, method="extend"
-  )
+  apply = lambda ids, start, c: model.apply({"params": params}, ids, start, c, method="extend")
   logits, cache = apply(jnp.concatenate([bos, text.astype(jnp.int32)], 1), jnp.int32(0), cache)
 
   def feed(tok: jax.Array) -> jax.Array:

@@ -1,10 +1,10 @@
-"""Pieces of the DALL-E task that are not the loss: image tokenizers, caption labels, caption strips.
+"""Pieces of the DALL-E task that are not the loss: image tokenizers and caption strips.
 
 Image tokenizers map uint8 images [B, H, W, C] to int32 tokens [B, h, w] and back, given their
 (frozen) variables:
 
-- `DVAETokens`: the stage-1 dVAE of `research.tokenize.load_dvae` (argmax of the encoder logits,
-  no Gumbel noise, as the paper's stage 2; the decoder's reconstruction for pixels);
+- `DVAETokens`: a trained stage-1 dVAE (`research.tasks.dvae.DVAETask`; argmax of the encoder
+  logits, no Gumbel noise, as the paper's stage 2; the decoder's reconstruction for pixels);
 - `PatchTokens`: a parameter-free stand-in (each f x f patch's mean grey level quantised to K
   levels), for tests and smoke runs before a dVAE is trained. It is not the paper's tokenizer.
 """
@@ -12,15 +12,11 @@ Image tokenizers map uint8 images [B, H, W, C] to int32 tokens [B, h, w] and bac
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-# The digit words of research/data/captions.py (not imported: that module imports TFDS).
-WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,26 +69,9 @@ class DVAETokens:
     return self.dvae.decode_tokens(variables, tokens)
 
 
-def caption_label(caption: str) -> tuple[int, int]:
-  """The (left, right) digits a caption of `offline_captioned_digits` asks for (-1 = none).
-
-  Two digit words: the first is on the left unless the caption says "... to the right of ...".
-  One word: the right cell when the caption names the right side, else the left cell (the dataset's
-  rule). No digit word: (-1, -1).
-  """
-  words = re.findall(r"[a-z]+", caption.lower())
-  digits = [WORDS.index(w) for w in words if w in WORDS]
-  if len(digits) >= 2:
-    a, b = digits[:2]
-    return (b, a) if "right of" in caption.lower() else (a, b)
-  if len(digits) == 1:
-    return (-1, digits[0]) if "right" in words else (digits[0], -1)
-  return (-1, -1)
-
-
 def caption_strips(captions: list[str], width: int, height: int = 12) -> np.ndarray:
   """uint8 [C, height, width, 1]: each caption drawn in black on white with PIL's default font."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageDraw
 
   strips = []
   for text in captions:

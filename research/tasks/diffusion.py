@@ -14,95 +14,47 @@ know which (the DDPM UNet now, a diffusion transformer later).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
+import numpy as np
 
 from research import data
 from research.diffusion import likelihood, samplers, schedules
 from research.errors import UserError
-from research.eval import averages
 from research.registry import TASKS, build_module
-from research.tasks.base import Batch, Metrics, Variables
-
-TARGETS = ("eps", "v")
-
-
-def diffusion_fields(**overrides: Any) -> ml_collections.ConfigDict:
-  """``config.task`` for diffusion, every field present so command-line overrides work."""
-  fields = {
-    "name": "diffusion",
-    "schedule": "linear",  # linear (Ho et al.) | cosine (Nichol & Dhariwal)
-    "timesteps": 1000,
-    "target": "eps",  # eps | v
-    "conditional": False,
-    "label_dropout": 0.1,  # probability of the null label in training (conditional only)
-    "loss_buckets": 10,  # per-timestep loss logged in this many equal ranges of t
-    "eval_timesteps": 1000,  # terms of the bound evaluated per image (stratified; T = exact)
-    "eval_variance": "beta",  # reverse-process variance in the bound: beta (the paper's) | beta_tilde
-  }
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
-
-
-def sample_fields(**overrides: Any) -> ml_collections.ConfigDict:
-  """``config.sample`` for diffusion."""
-  fields = {
-    "num_samples": 64,
-    "grid_size": 64,
-    "use_ema": True,
-    "sampler": "ddim",  # ddim | ddpm (ancestral)
-    "steps": 50,  # DDIM steps (ddpm always takes all T)
-    "eta": 0.0,  # DDIM stochasticity: 0 deterministic, 1 = ancestral with beta-tilde
-    "variance": "beta",  # ancestral variance: beta (sigma^2 = beta_t) | beta_tilde
-    "guidance_scale": 0.0,  # w in (1 + w) eps(x, c) - w eps(x); 0 = the conditional model
-    "clip_x0": True,
-  }
-  fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+from research.tasks import pixels
+from research.tasks.base import Batch, Metrics, ModelTask, Variables, masked_sums, means, options
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-  """How `sample` draws images (from ``config.sample``; see `sample_fields`)."""
+  """How `sample` draws images (``config.sample``; fields it leaves out keep these defaults)."""
 
-  sampler: str = "ddim"
-  steps: int = 50
-  eta: float = 0.0
-  variance: str = "beta"
-  guidance_scale: float = 0.0
+  sampler: str = "ddim"  # ddim | ddpm (ancestral)
+  steps: int = 50  # DDIM steps (ddpm always takes all T)
+  eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 = ancestral with beta-tilde
+  variance: str = "beta"  # ancestral variance: beta (sigma^2 = beta_t) | beta_tilde
+  guidance_scale: float = 0.0  # w in (1 + w) eps(x, c) - w eps(x); 0 = the conditional model
   clip_x0: bool = True
-
-  @classmethod
-  def from_config(cls, c: Any) -> SamplerConfig:
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing = [n for n in names if n not in c]
-    if missing:
-      raise UserError(f"config.sample lacks {missing}; build it with sample_fields()")
-    if c.sampler not in ("ddim", "ddpm"):
-      raise UserError(f"unknown sampler {c.sampler!r} in config.sample.sampler; use ddim or ddpm")
-    return cls(**{n: c[n] for n in names})
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionTask:
+class DiffusionTask(ModelTask):
   net: nn.Module
-  schedule: schedules.Schedule
+  schedule: schedules.Schedule  # from config.task.schedule (linear | cosine) and .timesteps
   image_shape: tuple[int, int, int]
-  num_classes: int | None  # set when conditional
-  target: str = "eps"
-  label_dropout: float = 0.1
-  loss_buckets: int = 10
-  eval_timesteps: int = 1000
-  eval_variance: str = "beta"
+  num_classes: int | None  # set when config.task.conditional
+  target: str = "eps"  # eps | v
+  label_dropout: float = 0.1  # probability of the null label in training (conditional only)
+  loss_buckets: int = 10  # per-timestep loss logged in this many equal ranges of t
+  eval_timesteps: int = 1000  # terms of the bound evaluated per image (stratified; T = exact)
+  eval_variance: str = "beta"  # reverse-process variance in the bound: beta | beta_tilde
   sampling: SamplerConfig = SamplerConfig()
-  parts: tuple[str, ...] = ("model",)
 
   @property
   def timesteps(self) -> int:
@@ -143,7 +95,7 @@ class DiffusionTask:
     rng: jax.Array,
     *,
     train: bool,
-    step: jax.Array | None = None,
+    step: jax.Array,
   ) -> tuple[jax.Array, Metrics, Variables]:
     labels = self._labels(batch)
     drop_key, rng = jax.random.split(rng)
@@ -151,7 +103,7 @@ class DiffusionTask:
       drop = jax.random.bernoulli(drop_key, self.label_dropout, labels.shape)
       labels = jnp.where(drop, self.null_label, labels)
     per_example, t = self.simple_loss(
-      variables["model"]["params"], to_model_space(batch["image"]), labels, rng, train
+      variables["model"]["params"], pixels.to_signed(batch["image"]), labels, rng, train
     )
     metrics = {"mse": jnp.mean(per_example), **self._bucketed(per_example, t)}
     return jnp.mean(per_example), metrics, {}
@@ -210,74 +162,53 @@ class DiffusionTask:
       x0 = samplers.ddim_sample(
         sample_key, self.schedule, denoise, shape, self.target, cfg.steps, cfg.eta, cfg.clip_x0
       )
-    out["images"] = to_uint8(x0)
+    out["images"] = pixels.from_signed(x0)
     return out
 
-  def _batch_sums(self, params: Any, batch: Batch, key: jax.Array) -> Metrics:
+  def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Metrics:
     """Masked sums over one eval batch of the bound's terms (bits/dim) and of L_simple."""
-    x0 = to_model_space(batch["image"])
+    params = variables["model"]["params"]
+    x0 = pixels.to_signed(batch["image"])
     labels = self._labels(batch)
     denoise = self._denoiser(params, labels)
     bound = likelihood.bound_bpd(
-      key, self.schedule, denoise, x0, self.target, self.eval_variance, self.eval_timesteps
+      rng, self.schedule, denoise, x0, self.target, self.eval_variance, self.eval_timesteps
     )
-    mse, _ = self.simple_loss(params, x0, labels, jax.random.fold_in(key, 1), train=False)
+    mse, _ = self.simple_loss(params, x0, labels, jax.random.fold_in(rng, 1), train=False)
     bound["l_simple"] = mse
-    return averages.masked_sums(bound, batch["mask"])
+    return masked_sums(bound, batch["mask"])
 
-  @functools.cached_property
-  def _eval_sums(self):
-    return jax.jit(self._batch_sums)  # compiled once per task, not once per evaluation
-
-  def evaluate(
-    self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
-  ) -> dict[str, float]:
+  def eval_summary(self, totals: dict[str, np.ndarray]) -> dict[str, float]:
     """The variational bound in bits/dim (Ho et al. eq. 5) and L_simple on the held-out split."""
-    params = variables["model"]["params"]
-    sums = lambda b, i: self._eval_sums(params, b, jax.random.fold_in(rng, i))  # noqa: E731
-    means, n = averages.split_means(sums, batches)
-    return {
-      **means,
-      "bound_terms_evaluated": min(self.eval_timesteps, self.timesteps),
-      "num_examples": n,
-    }
-
-  def artifacts(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
-    return {}
-
-
-def to_model_space(images: jax.Array) -> jax.Array:
-  """uint8 [0, 255] -> float32 [-1, 1] (Ho et al. section 3.3)."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: jax.Array) -> jax.Array:
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return {**means(totals), "bound_terms_evaluated": min(self.eval_timesteps, self.timesteps)}
 
 
 @TASKS.register("diffusion")
 def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
   tc = config.task
-  if tc.target not in TARGETS:
-    raise UserError(f"unknown target {tc.target!r} in config.task.target; use eps or v")
+  computed = ("net", "schedule", "image_shape", "num_classes", "sampling")
+  opts = options(DiffusionTask, tc, computed=(*computed, "timesteps", "conditional"))
+  if opts.get("target", DiffusionTask.target) not in schedules.TARGETS:
+    raise UserError(f"unknown target {opts['target']!r} in config.task.target; use eps or v")
   num_classes = None
-  if tc.conditional:
+  if tc.get("conditional", False):
     if not info.num_classes:
       raise UserError(
         f"config.task.conditional=True but dataset {config.data.name!r} has no labels; "
         "set config.task.conditional=False"
       )
     num_classes = info.num_classes
+  sampling = SamplerConfig(**options(SamplerConfig, config.sample, strict=False))
+  if sampling.sampler not in ("ddim", "ddpm"):
+    raise UserError(
+      f"unknown sampler {sampling.sampler!r} in config.sample.sampler; use ddim or ddpm"
+    )
   fields = {**config.model.to_dict(), "num_classes": num_classes}
   return DiffusionTask(
     net=build_module(fields),
-    schedule=schedules.make_schedule(tc.schedule, tc.timesteps),
+    schedule=schedules.make_schedule(tc.get("schedule", "linear"), tc.get("timesteps", 1000)),
     image_shape=info.image_shape,
     num_classes=num_classes,
-    target=tc.target,
-    label_dropout=tc.label_dropout,
-    loss_buckets=tc.loss_buckets,
-    eval_timesteps=tc.eval_timesteps,
-    eval_variance=tc.eval_variance,
-    sampling=SamplerConfig.from_config(config.sample),
+    sampling=sampling,
+    **opts,
   )

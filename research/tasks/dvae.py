@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import colorsys
 import dataclasses
-import functools
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -41,14 +39,14 @@ import numpy as np
 from research import data
 from research.errors import UserError
 from research.registry import TASKS, build_module
-from research.tasks import dvae_math
-from research.tasks.base import Batch, Metrics, Variables
+from research.tasks import dvae_math, pixels
+from research.tasks.base import Batch, Metrics, ModelTask, Variables, options
 
 NUM_SHOWN = 16  # images in reconstructions.png and tokens.png
 
 
 @dataclasses.dataclass(frozen=True)
-class DVAETask:
+class DVAETask(ModelTask):
   model: nn.Module  # research.models.dvae.DiscreteVAE
   kl_weight: float = 6.6  # final beta
   kl_warmup_steps: int = 5_000  # beta: 0 -> kl_weight, cosine
@@ -57,7 +55,6 @@ class DVAETask:
   tau_steps: int = 150_000  # tau: tau_start -> tau_end, cosine
   eps: float = dvae_math.LOGIT_LAPLACE_EPS
   log_b_min: float | None = None  # floor on ln b (see `_decode`); None: the paper's unbounded b
-  parts: tuple[str, ...] = ("model",)
 
   # ---- pieces -----------------------------------------------------------------------------------
   @property
@@ -76,7 +73,7 @@ class DVAETask:
 
   def _mapped(self, images: jax.Array) -> jax.Array:
     """uint8 [B, H, W, C] -> y = phi(x / 255) in [eps, 1 - eps], float32."""
-    return dvae_math.map_pixels(images.astype(jnp.float32) / 255.0, self.eps)
+    return dvae_math.map_pixels(pixels.to_unit(images), self.eps)
 
   def _logits(self, params: Any, y: jax.Array) -> jax.Array:
     return self.model.apply({"params": params}, y, method="encode")  # [B, h, w, K]
@@ -103,7 +100,7 @@ class DVAETask:
 
   def _images_of(self, params: Any, tokens: jax.Array) -> jax.Array:
     mu, _ = self._decode(params, jax.nn.one_hot(tokens, self.vocab_size, dtype=jnp.float32))
-    return jnp.clip(jnp.round(self._pixels(mu) * 255.0), 0, 255).astype(jnp.uint8)
+    return pixels.from_unit(self._pixels(mu))
 
   # ---- for stage 2 ------------------------------------------------------------------------------
   def encode_tokens(self, variables: Variables, images: jax.Array) -> jax.Array:
@@ -129,10 +126,9 @@ class DVAETask:
     rng: jax.Array,
     *,
     train: bool,
-    step: jax.Array | None = None,
+    step: jax.Array,
   ) -> tuple[jax.Array, Metrics, Variables]:
     params = variables["model"]["params"]
-    step = jnp.zeros((), jnp.int32) if step is None else step
     beta, tau = self.beta(step), self.tau(step)
     y = self._mapped(batch["image"])  # [B, H, W, C]
     logits = self._logits(params, y)  # [B, h, w, K]
@@ -160,22 +156,22 @@ class DVAETask:
     tokens = jax.random.randint(rng, (num, h, w), 0, self.vocab_size, jnp.int32)
     return {"images": self.decode_tokens(variables, tokens)}
 
-  def _batch_sums(self, params: Any, batch: Batch, rng: jax.Array, index: jax.Array) -> Any:
+  def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Any:
     """Masked sums over one eval batch of the per-image terms, and the argmax code histogram."""
+    params = variables["model"]["params"]
     mask = batch["mask"]  # [B]
     y = self._mapped(batch["image"])
     logits = self._logits(params, y)
-    key = jax.random.fold_in(rng, index)
     kl = jnp.sum(dvae_math.kl_to_uniform(logits), axis=(1, 2))
-    nll_relaxed = self._nll(params, dvae_math.gumbel_softmax(key, logits, self.tau_end), y)
+    nll_relaxed = self._nll(params, dvae_math.gumbel_softmax(rng, logits, self.tau_end), y)
     nll_hard = self._nll(
-      params, dvae_math.categorical_sample(jax.random.fold_in(key, 1), logits), y
+      params, dvae_math.categorical_sample(jax.random.fold_in(rng, 1), logits), y
     )
     tokens = jnp.argmax(logits, axis=-1)  # [B, h, w]
     onehot = jax.nn.one_hot(tokens, self.vocab_size, dtype=jnp.float32)
     mu, log_b = self._decode(params, onehot)
     nll_argmax = -jnp.sum(dvae_math.logit_laplace_log_prob(y, mu, log_b), axis=(1, 2, 3))
-    x = batch["image"].astype(jnp.float32) / 255.0
+    x = pixels.to_unit(batch["image"])
     mse = jnp.mean((self._pixels(mu) - x) ** 2, axis=(1, 2, 3))  # [B], on [0, 1] pixels
     per_image = {
       "kl": kl,
@@ -189,13 +185,7 @@ class DVAETask:
     sums["codes"] = jnp.einsum("b,bhwk->k", mask, onehot)  # [K]
     return sums
 
-  @functools.cached_property
-  def _eval_sums(self):
-    return jax.jit(self._batch_sums)  # compiled once per task
-
-  def evaluate(
-    self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
-  ) -> dict[str, float]:
+  def eval_summary(self, totals: dict[str, np.ndarray]) -> dict[str, float]:
     """ELB terms over the held-out split, in nats per dimension of the mapped pixels (beta = 1):
 
     - ``elb_per_dim``: the true ELB, one hard sample z ~ q(z | x) (Gumbel-max) per image;
@@ -206,17 +196,7 @@ class DVAETask:
     - ``codebook_perplexity`` (exp of the entropy of the argmax code histogram over the split) and
       ``codebook_usage`` (the share of the K codes used at least once), ``codes_used``.
     """
-    params = variables["model"]["params"]
-    totals = None
-    for i, batch in enumerate(batches):
-      out = self._eval_sums(params, batch, rng, jnp.int32(i))
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    if totals is None:
-      raise UserError("the eval split is empty; set config.data.eval_split")
-    totals = jax.device_get(totals)
     n = float(totals["count"])
-    if not n:
-      raise UserError("the eval split is empty; set config.data.eval_split")
     m = {k: float(v) / n for k, v in totals.items() if k not in ("count", "codes")}
     dims = math.prod(self.model.image_shape)
     codes = np.asarray(totals["codes"], np.float64)
@@ -249,8 +229,8 @@ class DVAETask:
     colours = jnp.repeat(jnp.repeat(colours, f, axis=1), f, axis=2)  # [n, H, W, 3]
     rgb = jnp.broadcast_to(images, (*images.shape[:3], 3)) if images.shape[-1] == 1 else images
     return {
-      "reconstructions.png": _tile(jnp.stack([images, recon])),
-      "tokens.png": _tile(jnp.stack([rgb, colours])),
+      "reconstructions.png": pixels.tile(jnp.stack([images, recon])),
+      "tokens.png": pixels.tile(jnp.stack([rgb, colours])),
     }
 
 
@@ -264,13 +244,6 @@ def _palette(k: int) -> np.ndarray:
   return np.round(np.asarray(rgb) * 255).astype(np.uint8)
 
 
-def _tile(rows: jax.Array, pad: int = 1) -> jax.Array:
-  """uint8 [R, N, H, W, ch] -> one image [R*(H+pad), N*(W+pad), ch]."""
-  r, c, h, w, ch = rows.shape
-  padded = jnp.pad(rows, ((0, 0), (0, 0), (0, pad), (0, pad), (0, 0)), constant_values=255)
-  return padded.transpose(0, 2, 1, 3, 4).reshape(r * (h + pad), c * (w + pad), ch)
-
-
 @TASKS.register("dvae")
 def make_dvae_task(config: Any, info: data.DatasetInfo) -> DVAETask:
   fields = {**config.model.to_dict(), "image_shape": tuple(info.image_shape)}
@@ -282,18 +255,10 @@ def make_dvae_task(config: Any, info: data.DatasetInfo) -> DVAETask:
       f"images {h}x{w} do not divide by the dVAE's downsampling 2**(num_groups-1)={f}; "
       "change config.model.num_groups or config.data.image_size"
     )
-  t = config.task
-  if not 0 < t.tau_end <= t.tau_start:
+  task = DVAETask(model=build_module(fields), **options(DVAETask, config.task, computed=("model",)))
+  if not 0 < task.tau_end <= task.tau_start:
     raise UserError(
-      f"config.task.tau_end={t.tau_end} must be in (0, tau_start={t.tau_start}]; the paper uses 1/16"
+      f"config.task.tau_end={task.tau_end} must be in (0, tau_start={task.tau_start}]; "
+      "the paper uses 1/16"
     )
-  return DVAETask(
-    model=build_module(fields),
-    kl_weight=float(t.kl_weight),
-    kl_warmup_steps=int(t.kl_warmup_steps),
-    tau_start=float(t.tau_start),
-    tau_end=float(t.tau_end),
-    tau_steps=int(t.tau_steps),
-    eps=float(t.eps),
-    log_b_min=None if t.get("log_b_min") is None else float(t.log_b_min),
-  )
+  return task

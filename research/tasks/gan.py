@@ -36,20 +36,18 @@ the augmentation with respect to the unaugmented input.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from research import data
 from research.errors import UserError
-from research.eval import averages
 from research.registry import TASKS, build_module
-from research.tasks import diffaug, gan_losses
-from research.tasks.base import Batch, Metrics, Variables
+from research.tasks import diffaug, gan_losses, pixels
+from research.tasks.base import Batch, Metrics, Variables, masked_sums, means, options
 
 LATENT_DISTS = ("normal", "uniform")
 SAMPLE_BN = ("batch", "running")
@@ -74,13 +72,13 @@ class GANTask:
   # rows, so make_gan_task sets gen_batch_div = n_critic.
   gen_batch_mult: int = 1
   gen_batch_div: int = 1
-  parts: tuple[str, ...] = ("disc", "gen")
-  ema_parts: tuple[str, ...] = ("gen",)  # D's weights are used as trained (eval's d_auc too)
+  parts: ClassVar[tuple[str, ...]] = ("disc", "gen")
+  ema_parts: ClassVar[tuple[str, ...]] = ("gen",)  # D's weights are used as trained (d_auc too)
 
   # ---- data and networks -------------------------------------------------------------------------
   def real(self, batch: Batch) -> jax.Array:
     """The discriminator's real input: uint8 images [B, H, W, C] -> float32 in [-1, 1]."""
-    return batch["image"].astype(jnp.float32) / 127.5 - 1.0
+    return pixels.to_signed(batch["image"])
 
   def labels(self, batch: Batch) -> jax.Array | None:
     return batch["label"] if self.num_classes else None
@@ -126,7 +124,7 @@ class GANTask:
     rng: jax.Array,
     *,
     train: bool,
-    step: jax.Array | None = None,
+    step: jax.Array,
   ) -> tuple[jax.Array, Metrics, Variables]:
     if part == "disc":
       return self._disc_loss(variables, batch, rng, train, step)
@@ -135,14 +133,14 @@ class GANTask:
     raise ValueError(f"unknown part {part!r}; a GAN has {self.parts}")
 
   def _disc_loss(
-    self, variables: Variables, batch: Batch, rng: jax.Array, train: bool, step: jax.Array | None
+    self, variables: Variables, batch: Batch, rng: jax.Array, train: bool, step: jax.Array
   ) -> tuple[jax.Array, Metrics, Variables]:
     z_key, real_key, fake_key, gp_key = jax.random.split(rng, 4)
     real, y = self.real(batch), self.labels(batch)
     fake, _ = self.generate(variables["gen"], self.latents(z_key, real.shape[0]), y)
     fake = jax.lax.stop_gradient(fake)
     d0 = variables["disc"]
-    d_real_fn = lambda x: self.disc(d0, x, y, real_key)  # noqa: E731
+    d_real_fn = lambda x: self.disc(d0, x, y, real_key)
     metrics: Metrics = {}
     if self.r1_gamma and self.r1_every == 1:  # one forward pass gives the logits and the R1 term
       r1, d_real, d1 = gan_losses.r1_penalty(d_real_fn, real)
@@ -150,8 +148,7 @@ class GANTask:
       d_real, d1 = d_real_fn(real)
       r1 = jnp.zeros((), jnp.float32)
       if self.r1_gamma:
-        at = jnp.zeros((), jnp.int32) if step is None else step
-        r1 = gan_losses.lazy_r1(d_real_fn, real, at, self.r1_every)
+        r1 = gan_losses.lazy_r1(d_real_fn, real, step, self.r1_every)
     d_fake, d2 = self.disc(d1, fake, y, fake_key)
     adversarial = gan_losses.disc_loss(self.loss_type, d_real, d_fake)
     loss = adversarial
@@ -159,7 +156,7 @@ class GANTask:
       loss = loss + 0.5 * self.r1_gamma * r1  # Mescheder et al. 2018, eq. 9
       metrics["r1"] = r1
     if self.gp_weight:
-      d_fn = lambda x: self.disc(d0, x, y, jax.random.fold_in(gp_key, 1))  # noqa: E731
+      d_fn = lambda x: self.disc(d0, x, y, jax.random.fold_in(gp_key, 1))
       gp = gan_losses.gradient_penalty(d_fn, real, fake, gp_key)
       loss = loss + self.gp_weight * gp
       metrics["gp"] = gp
@@ -199,7 +196,7 @@ class GANTask:
   def _images(self, gen: dict[str, Any], z: jax.Array, y: jax.Array | None) -> jax.Array:
     """uint8 [n, H, W, C] from G (as `sample_bn` says)."""
     x, _ = self.generate(gen, z, y, batch_stats=self.sample_bn == "batch")
-    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return pixels.from_signed(x)
 
   def sample(self, variables: Variables, rng: jax.Array, num: int) -> dict[str, jax.Array]:
     y = self._sample_labels(num)  # class i % num_classes for sample i
@@ -208,43 +205,38 @@ class GANTask:
       out["labels"] = y
     return out
 
-  def _batch_sums(self, variables: Variables, batch: Batch, key: jax.Array) -> Metrics:
-    """Masked sums over one eval batch: D's logits on reals and on as many fresh fakes."""
+  def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Metrics:
+    """Masked sums over one eval batch: D's logits on reals and on as many fresh fakes.
+
+    D runs as in training (batch statistics; reals and fakes as separate batches, so padding
+    rows of a last partial batch enter its statistics), on one fresh fake per real.
+    """
     real, y = self.real(batch), self.labels(batch)
-    z = self.latents(key, real.shape[0])
+    z = self.latents(rng, real.shape[0])
     fake, _ = self.generate(variables["gen"], z, y, self.sample_bn == "batch")
-    d_real, _ = self.disc(variables["disc"], real, y, jax.random.fold_in(key, 1))
-    d_fake, _ = self.disc(variables["disc"], fake, y, jax.random.fold_in(key, 2))
+    d_real, _ = self.disc(variables["disc"], real, y, jax.random.fold_in(rng, 1))
+    d_fake, _ = self.disc(variables["disc"], fake, y, jax.random.fold_in(rng, 2))
     m = batch["mask"]
     # Per real image: the fraction of the batch's fakes that D scores below it.
     above = jnp.sum((d_real[:, None] > d_fake[None, :]) * m[None, :], axis=1) / jnp.sum(m)
     correct = 0.5 * ((d_real > 0).astype(jnp.float32) + (d_fake < 0).astype(jnp.float32))
     per_example = {"d_real": d_real, "d_fake": d_fake, "correct": correct, "auc": above}
-    return averages.masked_sums(per_example, m)
+    return masked_sums(per_example, m)
 
-  @functools.cached_property
-  def _eval_sums(self):
-    return jax.jit(self._batch_sums)  # compiled once per task, not once per evaluation
-
-  def evaluate(
-    self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
-  ) -> dict[str, float]:
+  def eval_summary(self, totals: dict[str, np.ndarray]) -> dict[str, float]:
     """How well D separates held-out reals from G's samples (the FID/KID suite is separate).
 
-    D runs as in training (batch statistics; reals and fakes as separate batches, so padding
-    rows of a last partial batch enter its statistics), on one fresh fake per real.
     ``d_accuracy`` thresholds the logit at 0 (meaningful for minimax, non-saturating and hinge);
     ``d_auc`` is the fraction of (real, fake) pairs of a batch that D orders correctly, for any
     loss. Near 0.5: D cannot tell G's samples from held-out images.
     """
-    sums = lambda batch, i: self._eval_sums(variables, batch, jax.random.fold_in(rng, i))  # noqa: E731
-    means, n = averages.split_means(sums, batches)
+    m = means(totals)
     return {
-      "d_real_mean": means["d_real"],
-      "d_fake_mean": means["d_fake"],
-      "d_accuracy": means["correct"],
-      "d_auc": means["auc"],
-      "num_examples": n,
+      "d_real_mean": m["d_real"],
+      "d_fake_mean": m["d_fake"],
+      "d_accuracy": m["correct"],
+      "d_auc": m["auc"],
+      "num_examples": m["num_examples"],
     }
 
   def artifacts(self, variables: Variables, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
@@ -255,66 +247,54 @@ class GANTask:
     z = jnp.tile(self.latents(rng, cols), (self.num_classes, 1))  # [classes * cols, Z]
     y = jnp.repeat(jnp.arange(self.num_classes, dtype=jnp.int32), cols)
     images = self._images(variables["gen"], z, y)
-    n, h, w, c = images.shape
-    padded = jnp.pad(
-      images.reshape(self.num_classes, cols, h, w, c),
-      ((0, 0), (0, 0), (0, 1), (0, 1), (0, 0)),
-      constant_values=255,
-    )
-    return {
-      "class_grid.png": padded.transpose(0, 2, 1, 3, 4).reshape(
-        self.num_classes * (h + 1), cols * (w + 1), c
-      )
-    }
+    _, h, w, c = images.shape
+    return {"class_grid.png": pixels.tile(images.reshape(self.num_classes, cols, h, w, c))}
 
 
 @TASKS.register("gan")
 def make_gan_task(config: Any, info: data.DatasetInfo) -> GANTask:
   t, m = config.task, config.model
-  if t.loss not in gan_losses.LOSSES:
-    raise UserError(f"unknown GAN loss {t.loss!r} in config.task.loss; use {gan_losses.LOSSES}")
-  if t.latent_dist not in LATENT_DISTS:
-    raise UserError(f"config.task.latent_dist={t.latent_dist!r}; use one of {LATENT_DISTS}")
-  if t.sample_bn not in SAMPLE_BN:
-    raise UserError(f"config.task.sample_bn={t.sample_bn!r}; use one of {SAMPLE_BN}")
-  if t.r1_every < 1 or t.gen_batch_mult < 1:
-    raise UserError("config.task.r1_every and config.task.gen_batch_mult must be >= 1")
-  critic_steps = int(config.train.part_steps.get("disc", 1))
-  split = bool(config.train.get("split_repeats", False)) and critic_steps > 1
-  gen_batch_div = critic_steps if split else 1
-  if (config.batch_size * t.gen_batch_mult) % (gen_batch_div * config.train.grad_accum):
-    raise UserError(
-      f"config.batch_size={config.batch_size} x config.task.gen_batch_mult={t.gen_batch_mult} "
-      f"does not divide by {gen_batch_div} critic chunks x {config.train.grad_accum} micro-batches"
-    )
-  if t.conditional and not info.num_classes:
-    raise UserError(
-      f"config.task.conditional is set but {config.data.name} has no labels; set it to False"
-    )
-  try:
-    policy = diffaug.parse_policy(t.diffaug)
-  except ValueError as e:
-    raise UserError(f"config.task.diffaug: {e}") from None
   for key in ("generator", "discriminator"):
     if key not in m:
       raise UserError(f"config.model.{key} is missing; a GAN needs a generator and discriminator")
-  num_classes = info.num_classes if t.conditional else 0
+  loss = t.get("loss", GANTask.loss_type)  # config keys the task reads under other names
+  conditional = bool(t.get("conditional", False))
+  try:
+    policy = diffaug.parse_policy(t.get("diffaug", ""))
+  except ValueError as e:
+    raise UserError(f"config.task.diffaug: {e}") from None
+  if conditional and not info.num_classes:
+    raise UserError(
+      f"config.task.conditional is set but {config.data.name} has no labels; set it to False"
+    )
+  critic_steps = int(config.train.part_steps.get("disc", 1))
+  split = bool(config.train.split_repeats) and critic_steps > 1
+  num_classes = info.num_classes if conditional else 0
   common = {"num_classes": num_classes, "dtype": m.get("dtype", "float32")}
   gen_fields = {**m.generator.to_dict(), **common, "image_shape": info.image_shape}
   disc_fields = {**m.discriminator.to_dict(), **common}
-  return GANTask(
+  computed = ("generator", "discriminator", "num_classes", "gen_batch_div", "diffaug", "loss_type")
+  task = GANTask(
     generator=build_module(gen_fields, "config.model.generator"),
     discriminator=build_module(disc_fields, "config.model.discriminator"),
-    latent_dim=t.latent_dim,
     num_classes=num_classes,
-    loss_type=t.loss,
-    gp_weight=t.gp_weight,
-    drift_weight=t.drift_weight,
-    r1_gamma=t.r1_gamma,
-    r1_every=t.r1_every,
+    loss_type=loss,
     diffaug=policy,
-    latent_dist=t.latent_dist,
-    sample_bn=t.sample_bn,
-    gen_batch_mult=t.gen_batch_mult,
-    gen_batch_div=gen_batch_div,
+    gen_batch_div=critic_steps if split else 1,
+    **options(GANTask, t, computed=(*computed, "loss", "conditional")),
   )
+  if task.loss_type not in gan_losses.LOSSES:
+    raise UserError(f"unknown GAN loss {loss!r} in config.task.loss; use {gan_losses.LOSSES}")
+  if task.latent_dist not in LATENT_DISTS:
+    raise UserError(f"config.task.latent_dist={task.latent_dist!r}; use one of {LATENT_DISTS}")
+  if task.sample_bn not in SAMPLE_BN:
+    raise UserError(f"config.task.sample_bn={task.sample_bn!r}; use one of {SAMPLE_BN}")
+  if task.r1_every < 1 or task.gen_batch_mult < 1:
+    raise UserError("config.task.r1_every and config.task.gen_batch_mult must be >= 1")
+  if (config.batch_size * task.gen_batch_mult) % (task.gen_batch_div * config.train.grad_accum):
+    raise UserError(
+      f"config.batch_size={config.batch_size} x config.task.gen_batch_mult="
+      f"{task.gen_batch_mult} does not divide by {task.gen_batch_div} critic chunks x "
+      f"{config.train.grad_accum} micro-batches"
+    )
+  return task

@@ -14,9 +14,7 @@ Training minimises the negative ELBO averaged over the batch; eval adds the IWAE
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -26,10 +24,9 @@ import numpy as np
 
 from research import data
 from research.errors import UserError
-from research.eval import averages
 from research.registry import TASKS, build_module
-from research.tasks import vae_math
-from research.tasks.base import Batch, Metrics, Variables
+from research.tasks import pixels, vae_math
+from research.tasks.base import Batch, Metrics, ModelTask, Variables, masked_sums, options
 
 LIKELIHOODS = {"bernoulli": 1, "discretized_logistic": 2}  # name -> decoder outputs per channel
 # Class pairs for the interpolation figure (a 7 turning into a 1, ...), first match in the batch.
@@ -37,12 +34,11 @@ INTERPOLATION_PAIRS = ((7, 1), (3, 8), (0, 6), (4, 9), (2, 5), (1, 7), (5, 3), (
 
 
 @dataclasses.dataclass(frozen=True)
-class VAETask:
+class VAETask(ModelTask):
   model: nn.Module
-  likelihood: str = "bernoulli"
-  iwae_k: int = 100
-  iwae_chunk: int = 50
-  parts: tuple[str, ...] = ("model",)
+  likelihood: str = "bernoulli"  # one of LIKELIHOODS
+  iwae_k: int = 100  # importance samples of the IWAE bound in eval
+  iwae_chunk: int = 50  # of which this many per decoder call
 
   # ---- data -------------------------------------------------------------------------------------
   def _targets(self, images: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -51,7 +47,7 @@ class VAETask:
     `rng` is one key, or one key per image ([B]) for a binarisation that is a function of each
     image alone (eval: the same binary held-out set whatever the batch size or process count).
     """
-    x = images.astype(jnp.float32) / 255.0
+    x = pixels.to_unit(images)
     if self.likelihood == "bernoulli":
       if rng.shape:
         x = jax.vmap(lambda k, p: jax.random.bernoulli(k, p))(rng, x).astype(jnp.float32)
@@ -72,10 +68,8 @@ class VAETask:
   def _mean_image(self, out: jax.Array) -> jax.Array:
     """Decoder output -> the likelihood's mean as uint8 [B, H, W, C]."""
     if self.likelihood == "bernoulli":
-      x = jax.nn.sigmoid(out)
-    else:
-      x = (jnp.tanh(jnp.split(out, 2, axis=-1)[0]) + 1.0) / 2.0
-    return jnp.clip(jnp.round(x * 255.0), 0, 255).astype(jnp.uint8)
+      return pixels.from_unit(jax.nn.sigmoid(out))
+    return pixels.from_unit((jnp.tanh(jnp.split(out, 2, axis=-1)[0]) + 1.0) / 2.0)
 
   @property
   def latent_dim(self) -> int:
@@ -106,7 +100,7 @@ class VAETask:
     rng: jax.Array,
     *,
     train: bool,
-    step: jax.Array | None = None,
+    step: jax.Array,
   ) -> tuple[jax.Array, Metrics, Variables]:
     terms = self.elbo_terms(variables["model"]["params"], batch["image"], *jax.random.split(rng))
     metrics = {k: jnp.mean(v) for k, v in terms.items()}
@@ -139,25 +133,19 @@ class VAETask:
     lw = lw.reshape(self.iwae_k, -1)
     return {"iwae": vae_math.iwae_bound(lw)}
 
-  def _batch_sums(self, params: Any, batch: Batch, rng: jax.Array, index: jax.Array) -> Metrics:
+  def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Metrics:
     """Masked sums over one eval batch of the ELBO terms and the IWAE bound."""
+    params = variables["model"]["params"]
     # Each held-out image is binarised with a key derived from its pixels, so every eval sees the
     # same binary digits whatever the batch size or process count; z varies with rng.
     bin_key = image_keys(jax.random.key(12345), batch["image"])
-    z_key = jax.random.fold_in(rng, index)
-    terms = self.elbo_terms(params, batch["image"], bin_key, z_key)
-    terms.update(self.iwae_terms(params, batch["image"], bin_key, jax.random.fold_in(z_key, 1)))
-    return averages.masked_sums(terms, batch["mask"])
+    terms = self.elbo_terms(params, batch["image"], bin_key, rng)
+    terms.update(self.iwae_terms(params, batch["image"], bin_key, jax.random.fold_in(rng, 1)))
+    return masked_sums(terms, batch["mask"])
 
-  @functools.cached_property
-  def _eval_sums(self):
-    return jax.jit(self._batch_sums)  # compiled once per task, not once per evaluation
-
-  def evaluate(
-    self, variables: Variables, batches: Iterator[Batch], rng: jax.Array
-  ) -> dict[str, float]:
-    params = variables["model"]["params"]
-    means, n = averages.split_means(lambda b, i: self._eval_sums(params, b, rng, i), batches)
+  def eval_summary(self, totals: dict[str, np.ndarray]) -> dict[str, float]:
+    n = float(totals["count"])
+    means = {k: float(v) / n for k, v in totals.items()}
     dims = math.prod(self.model.image_shape)
     results = {
       "elbo_nats": means["elbo"],
@@ -178,9 +166,9 @@ class VAETask:
     n = min(16, x.shape[0])
     mean, _ = self.model.apply({"params": params}, x[:n], method="encode")
     recon = self._mean_image(self.model.apply({"params": params}, mean, method="decode"))
-    originals = jnp.clip(jnp.round(x[:n] * 255), 0, 255).astype(jnp.uint8)
+    originals = pixels.from_unit(x[:n])
     return {
-      "reconstructions.png": _tile(jnp.stack([originals, recon])),  # row 1 originals, row 2 decoded
+      "reconstructions.png": pixels.tile(jnp.stack([originals, recon])),  # originals, decoded
       "interpolation.png": self._interpolation(params, batch, x),
     }
 
@@ -189,7 +177,7 @@ class VAETask:
     b = x.shape[0]
     if "label" in batch:
       labels = jnp.where(batch["mask"] > 0, batch["label"], -1)
-      first = lambda c: jnp.argmax(labels == c)  # noqa: E731  (0 if absent)
+      first = lambda c: jnp.argmax(labels == c)  # (0 if absent)
       idx = jnp.array([[first(a), first(c)] for a, c in INTERPOLATION_PAIRS])
     else:
       idx = jnp.arange(2 * len(INTERPOLATION_PAIRS)).reshape(-1, 2) % b
@@ -197,7 +185,7 @@ class VAETask:
     t = jnp.linspace(0.0, 1.0, steps)
     paths = jax.vmap(lambda ab: vae_math.slerp(mean[ab[0]], mean[ab[1]], t))(idx)  # [P, T, Z]
     out = self.model.apply({"params": params}, paths.reshape(-1, paths.shape[-1]), method="decode")
-    return _tile(self._mean_image(out).reshape(idx.shape[0], steps, *x.shape[1:]))
+    return pixels.tile(self._mean_image(out).reshape(idx.shape[0], steps, *x.shape[1:]))
 
 
 def image_keys(base: jax.Array, images: jax.Array) -> jax.Array:
@@ -207,25 +195,14 @@ def image_keys(base: jax.Array, images: jax.Array) -> jax.Array:
   return jax.vmap(lambda h: jax.random.fold_in(base, h))(jnp.sum(flat * odd, axis=1))
 
 
-def _tile(rows: jax.Array, pad: int = 1) -> jax.Array:
-  """uint8 [R, C, H, W, ch] -> one image [R*(H+pad), C*(W+pad), ch]."""
-  r, c, h, w, ch = rows.shape
-  padded = jnp.pad(rows, ((0, 0), (0, 0), (0, pad), (0, pad), (0, 0)), constant_values=255)
-  return padded.transpose(0, 2, 1, 3, 4).reshape(r * (h + pad), c * (w + pad), ch)
-
-
 @TASKS.register("vae")
 def make_vae_task(config: Any, info: data.DatasetInfo) -> VAETask:
-  likelihood = config.task.likelihood
+  opts = options(VAETask, config.task, computed=("model",))
+  likelihood = opts.get("likelihood", VAETask.likelihood)
   if likelihood not in LIKELIHOODS:
     raise UserError(
       f"unknown likelihood {likelihood!r} in config.task.likelihood; use {sorted(LIKELIHOODS)}"
     )
   fields = {**config.model.to_dict(), "image_shape": info.image_shape}
   fields["out_params"] = LIKELIHOODS[likelihood]
-  return VAETask(
-    model=build_module(fields),
-    likelihood=likelihood,
-    iwae_k=config.task.iwae_k,
-    iwae_chunk=config.task.iwae_chunk,
-  )
+  return VAETask(model=build_module(fields), **opts)

@@ -36,7 +36,7 @@ BOS = "<bos>"
 
 def _tokenizers() -> Any:
   try:
-    import tokenizers  # pylint: disable=g-import-not-at-top
+    import tokenizers
   except ImportError:
     raise UserError("the text tokenizer needs `tokenizers`; run `pip install tokenizers`") from None
   return tokenizers

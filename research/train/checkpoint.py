@@ -68,24 +68,39 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         create=True,
       ),
-      item_names=("state", "config"),
+      item_names=("state", "config", "dataset"),
     )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def should_save(self, step: int) -> bool:
-    return self.manager.should_save(step)
-
-  def save(self, step: int, state: Any, config: dict[str, Any], *, force: bool = False) -> bool:
+  def save(
+    self,
+    step: int,
+    state: Any,
+    config: dict[str, Any],
+    dataset: dict[str, Any],
+    *,
+    force: bool = False,
+  ) -> bool:
+    """Saves the state with the config and the dataset's metadata (shapes, classes) beside it,
+    so a trained model can be rebuilt from the checkpoint alone (`research.train.restore`)."""
     return self.manager.save(
       step,
       args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(_as_json(config)),
+        dataset=ocp.args.JsonSave(_as_json(dataset)),
       ),
       force=force,
     )
+
+  def saved_dataset(self, step: int) -> dict[str, Any] | None:
+    """The dataset metadata saved at `step`; None for checkpoints written before it was saved."""
+    if not (self.directory / str(step) / "dataset").exists():
+      return None
+    restored = self.manager.restore(step, args=ocp.args.Composite(dataset=ocp.args.JsonRestore()))
+    return restored.dataset
 
   def saved_config(self, step: int) -> dict[str, Any]:
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))

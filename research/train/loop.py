@@ -21,8 +21,7 @@ from research import data
 from research.errors import UserError
 from research.eval import images as image_io
 from research.eval import run as eval_run
-from research.eval import sample_and_score
-from research.train import setup
+from research.train import restore, setup
 from research.train import sharding as shd
 from research.train import state as state_lib
 from research.train.metrics_writer import MetricsWriter, format_progress
@@ -70,7 +69,7 @@ def step_config(config: ml_collections.ConfigDict) -> StepConfig:
     ema_decay=float(config.train.ema_decay),
     grad_accum=int(config.train.grad_accum),
     part_steps=tuple(sorted(config.train.part_steps.to_dict().items())),
-    split_repeats=bool(config.train.get("split_repeats", False)),
+    split_repeats=bool(config.train.split_repeats),
   )
 
 
@@ -99,9 +98,6 @@ def _write_sample_grid(exp, sample_fn, state, step: int, writer: MetricsWriter) 
   if jax.process_index() == 0:
     image_io.save_grid(images, f"{exp.workdir}/samples/step_{step:07d}.png")
     writer.image(step, "samples", image_io.grid(images))
-
-
-_NOT_BUILT = object()  # the sample scorer before the first eval
 
 
 def _eval_summary(results: dict[str, float]) -> str:
@@ -141,6 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     sharding=batch_sharding,
     seed=config.seed,
     start_step=start,
+    text_tokenizer=exp.info.text_tokenizer,
   )
   if is_main:
     counts = state_lib.param_count(state)
@@ -150,7 +147,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       file=sys.stderr,
     )
   preemption = Preemption()
-  scorer = _NOT_BUILT
+  dataset = restore.dataset_json(exp.info)
+  evaluation = None  # built at the first eval: its jitted functions and feature network, once
   last_time, last_step = time.time(), start
   in_flight: collections.deque = collections.deque()
   try:
@@ -173,16 +171,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
       preempted = preemption.reached(step)
       if preempted or step % tc.checkpoint_every == 0 or step == num_steps:
         _check_finite(state, exp, step)
-        exp.checkpointer.save(step, state, setup.config_dict(config), force=True)
+        exp.checkpointer.save(step, state, setup.config_dict(config), dataset, force=True)
       if tc.sample_every and (step % tc.sample_every == 0 or step == num_steps):
         _write_sample_grid(exp, sample_fn, state, step, writer)
       if tc.eval_every and step % tc.eval_every == 0:
-        results = eval_run.evaluate_state(exp, state)
-        if scorer is _NOT_BUILT:  # the feature network loads once, at the first eval
-          scorer = eval_run.make_scorer(exp)
-        if isinstance(scorer, sample_and_score.Scorer):
-          num = config.eval.train_num_samples or config.eval.num_samples
-          results.update(eval_run.score_state(exp, scorer, state, int(num)))
+        if evaluation is None:
+          evaluation = eval_run.Evaluation(config, exp.task, exp.mesh, exp.info, workdir)
+        num = config.eval.train_num_samples or config.eval.num_samples
+        results = evaluation(state.variables(use_ema=config.sample.use_ema), int(num))
+        results = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         if is_main:
           writer.scalars(step, {f"eval/{k}": v for k, v in results.items()})
           print(f"eval step {step}: " + _eval_summary(results), flush=True)

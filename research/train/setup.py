@@ -1,4 +1,9 @@
-"""Everything a mode needs before its first step: mesh, data spec, task, optimizers, state."""
+"""Everything a mode needs before its first step: mesh, data spec, task, optimizers, state.
+
+`build` is the training set-up (the full train state, initialised sharded or restored from the
+workdir's latest checkpoint); `build_inference` is the sample and eval modes' (the current config's
+task and the checkpoint's parameters only, through `research.train.restore`).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,12 @@ import ml_collections
 import optax
 from jax.sharding import Mesh
 
-import research.models  # noqa: F401  (registers the networks)
-import research.tasks  # noqa: F401  (registers the families)
 from research import data
 from research.data import captions_text
 from research.errors import UserError
 from research.registry import TASKS
-from research.tasks.base import Task
+from research.tasks.base import Task, Variables
+from research.train import restore
 from research.train import sharding as shd
 from research.train import state as state_lib
 from research.train.checkpoint import Checkpointer
@@ -38,6 +42,19 @@ class Experiment:
   restored_step: int | None
 
 
+@dataclasses.dataclass
+class Inference:
+  """A trained run for the sample and eval modes: the task and the parameters, no optimizer."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Mesh
+  info: data.DatasetInfo
+  task: Task
+  variables: Variables  # EMA parameters when config.sample.use_ema and the run kept them
+  step: int
+
+
 def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return config.to_dict()
 
@@ -46,18 +63,19 @@ def build_task(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> Tas
   return TASKS.get(config.task.name)(config, info)
 
 
-def prepare_data(config: ml_collections.ConfigDict) -> data.DatasetInfo:
-  """Prepares the dataset one process at a time (a shared data_dir must not be written by several
-  processes at once), then reads its spec."""
-  if jax.process_count() == 1:
-    return data.dataset_info(config.data)
-  from jax.experimental import multihost_utils
+def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> data.DatasetInfo:
+  """Prepares the dataset (and the caption tokenizer when the run reads captions) one process at
+  a time (a shared data_dir must not be written by several processes at once), then its spec."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
 
-  for i in range(jax.process_count()):
-    if i == jax.process_index():
-      data.prepare(config.data)
-    multihost_utils.sync_global_devices(f"research: dataset prepared by process {i}")
-  return data.dataset_info(config.data)
+    for i in range(jax.process_count()):
+      if i == jax.process_index():
+        data.prepare(config.data)
+      multihost_utils.sync_global_devices(f"research: dataset prepared by process {i}")
+  info = data.dataset_info(config.data)
+  tokenizer = captions_text.prepare_tokenizer(config.data, workdir)
+  return dataclasses.replace(info, text_tokenizer=tokenizer)
 
 
 def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
@@ -80,7 +98,7 @@ def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
 def check_split_repeats(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """With ``train.split_repeats``, each of a part's n updates takes 1/n of the batch, which is
   then split into ``grad_accum`` micro-batches that each span all devices."""
-  if not config.train.get("split_repeats", False):
+  if not config.train.split_repeats:
     return
   accum = config.train.grad_accum
   for part, n in config.train.part_steps.to_dict().items():
@@ -97,18 +115,23 @@ def check_split_repeats(config: ml_collections.ConfigDict, num_devices: int) -> 
       )
 
 
-def build(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  info: data.DatasetInfo | None = None,
-  require_checkpoint: bool = False,
-) -> Experiment:
-  """Builds the experiment and restores the workdir's latest checkpoint when there is one."""
+def _mesh(config: ml_collections.ConfigDict) -> Mesh:
   jax.config.update("jax_threefry_partitionable", True)
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+  return shd.make_mesh(config.mesh.data, config.mesh.fsdp)
+
+
+def _model_error(e: Exception, info: data.DatasetInfo) -> UserError:
+  first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return UserError(f"config.model does not fit the data {info.image_shape}: {first}")
+
+
+def build(
+  config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo | None = None
+) -> Experiment:
+  """The training set-up; restores the workdir's latest checkpoint when there is one."""
+  mesh = _mesh(config)
   validate(config, mesh)
-  info = info or prepare_data(config)
-  captions_text.prepare_tokenizer(config.data, workdir)  # a tokenizer when data.text_length > 0
+  info = info or prepare_data(config, workdir)
   task = build_task(config, info)
   optimizers = make_optimizers(
     config.optim, task.parts, config.train.num_steps, config.train.part_steps.to_dict()
@@ -128,18 +151,17 @@ def build(
     async_save=config.train.async_checkpoint,
   )
   step = checkpointer.latest_step()
-  if step is None and require_checkpoint:
-    raise UserError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
   try:
-    abstract = jax.eval_shape(make)
+    if step is None:
+      state, shardings = state_lib.init_sharded(make, mesh, config.mesh.fsdp_min_size)
+    else:
+      abstract = jax.eval_shape(make)
+      shardings = shd.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
+      target = state_lib.abstract_state(abstract, shardings)
   except (ValueError, TypeError) as e:  # a model that cannot take this data, e.g. too many levels
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f"config.model does not fit the data {info.image_shape}: {first}") from None
-  shardings = shd.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
-  if step is None:
-    state = jax.jit(make, out_shardings=shardings)()
-  else:
-    target = state_lib.abstract_state(abstract, shardings)
+    checkpointer.close()
+    raise _model_error(e, info) from None
+  if step is not None:
     state = checkpointer.restore(step, target, config_dict(config))
     if jax.process_index() == 0:
       print(f"restored step {step} from {checkpointer.directory}", file=sys.stderr)
@@ -149,3 +171,34 @@ def build(
   return Experiment(
     config, workdir, mesh, info, task, optimizers, state, shardings, checkpointer, step
   )
+
+
+def build_inference(config: ml_collections.ConfigDict, workdir: str) -> Inference:
+  """The sample / eval set-up: the task of `config` (its sampling and eval settings may differ
+  from the run's) with the parameters of the workdir's latest checkpoint, sharded over the mesh."""
+  mesh = _mesh(config)
+  shd.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+  shd.check_batch_size(config.sample.num_samples, mesh, "config.sample.num_samples")
+  info = prepare_data(config, workdir)
+  task = build_task(config, info)
+  checkpointer = Checkpointer(workdir, save_every=1, async_save=False)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise UserError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
+    try:
+      variables = restore.restore_variables(
+        checkpointer,
+        step,
+        task,
+        info,
+        use_ema=config.sample.use_ema,
+        mesh=mesh,
+        fsdp_min_size=config.mesh.fsdp_min_size,
+        config=config_dict(config),
+      )
+    except (ValueError, TypeError) as e:
+      raise _model_error(e, info) from None
+  finally:
+    checkpointer.close()
+  return Inference(config, workdir, mesh, info, task, variables, step)

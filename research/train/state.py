@@ -63,7 +63,6 @@ def create_state(
   key = jax.random.key(seed)
   init_key, run_key = jax.random.split(key)
   variables = task.init(init_key, example_batch)
-  ema_parts = getattr(task, "ema_parts", task.parts)  # optional: the parts that keep an EMA
   parts = {}
   for name in task.parts:
     v = dict(variables[name])
@@ -71,7 +70,7 @@ def create_state(
     parts[name] = PartState(
       params=params,
       opt_state=optimizers[name].init(params),
-      ema_params=jax.tree.map(jnp.copy, params) if use_ema and name in ema_parts else {},
+      ema_params=jax.tree.map(jnp.copy, params) if use_ema and name in task.ema_parts else {},
       collections=v,
     )
   return TrainState(

@@ -100,16 +100,16 @@ def _part_grads(
     loss_sum, grad_sum, metric_sum, colls = carry
     mb, i = xs
     (loss, (metrics, colls)), grads = grad_fn(params, colls, mb, jax.random.fold_in(rng, i))
-    add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
+    add = lambda a, b: jax.tree.map(jnp.add, a, b)
     return (loss_sum + loss, add(grad_sum, grads), add(metric_sum, metrics), colls), None
 
   (_, (m0, _)), _ = jax.eval_shape(
     grad_fn, params, collections, jax.tree.map(lambda x: x[0], micro), rng
   )
-  zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)  # noqa: E731
+  zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
   init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros(m0), collections)
   (loss, grads, metrics, collections), _ = jax.lax.scan(body, init, (micro, jnp.arange(grad_accum)))
-  scale = lambda t: jax.tree.map(lambda x: x / grad_accum, t)  # noqa: E731
+  scale = lambda t: jax.tree.map(lambda x: x / grad_accum, t)
   return loss / grad_accum, scale(grads), scale(metrics), collections
 
 

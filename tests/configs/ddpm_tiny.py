@@ -1,14 +1,17 @@
 """A DDPM small enough for end-to-end tests: 8x8 offline digits, a 2-level UNet without attention."""
 
+import ml_collections
+
 from research.config import adam, base_config, parse_arg
-from research.tasks.diffusion import diffusion_fields, sample_fields
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, conditional=False)
   c = base_config()
   c.batch_size = 32
-  c.task = diffusion_fields(conditional=arg.conditional, eval_timesteps=8)
+  c.task = ml_collections.ConfigDict(
+    {"name": "diffusion", "conditional": arg.conditional, "eval_timesteps": 8}
+  )
   c.model.update(
     {
       "name": "ddpm_unet",
@@ -29,6 +32,17 @@ def get_config(arg=None):
   c.train.sample_every = 0
   c.train.checkpoint_every = 100
   c.train.ema_decay = 0.0
-  c.sample = sample_fields(num_samples=16, grid_size=16, steps=10)
+  c.sample.update(
+    {
+      "num_samples": 16,
+      "grid_size": 16,
+      "sampler": "ddim",
+      "steps": 10,
+      "eta": 0.0,
+      "variance": "beta",
+      "guidance_scale": 0.0,
+      "clip_x0": True,
+    }
+  )
   c.eval.batch_size = 128
   return c
