@@ -78,29 +78,43 @@ class _Pickler(pickle._Pickler):  # the pure-Python pickler, whose dispatch tabl
     return (*pid, None) if self.legacy else pid
 
 
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def legacy_records(state: dict[str, Tensor]) -> list[bytes]:
+  """The legacy stream's parts in order: magic, protocol, sys_info, the state pickle, the storage
+  keys (five pickles), then each storage's element count and bytes."""
+  buf = io.BytesIO()
+  pickler = _Pickler(buf, legacy=True)
+  pickler.dump(OrderedDict(state))
+  keys = sorted(pickler.storages)
+  records = [
+    pickle.dumps(LEGACY_MAGIC, protocol=2),
+    pickle.dumps(1001, protocol=2),
+    pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
+    buf.getvalue(),
+    pickle.dumps(keys, protocol=2),
+  ]
+  for key in keys:
+    data = pickler.storages[key].data
+    records.append(struct.pack("<q", data.size) + data.tobytes())
+  return records
+
+
 def write_pth(path: str, state: dict[str, Tensor], legacy: bool = False) -> None:
+  if legacy:
+    with open(path, "wb") as f:
+      f.write(b"".join(legacy_records(state)))
+    return
   buf = io.BytesIO()
   pickler = _Pickler(buf, legacy)
   pickler.dump(OrderedDict(state))
-  if not legacy:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-      z.writestr("archive/data.pkl", buf.getvalue())
-      z.writestr("archive/byteorder", "little")
-      for key, st in pickler.storages.items():
-        z.writestr(f"archive/data/{key}", st.data.astype(st.data.dtype.newbyteorder("<")).tobytes())
-      z.writestr("archive/version", "3\n")
-    return
-  with open(path, "wb") as f:
-    pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
-    pickle.dump(1001, f, protocol=2)
-    pickle.dump({"protocol_version": 1001, "little_endian": True}, f, protocol=2)
-    f.write(buf.getvalue())
-    keys = sorted(pickler.storages)
-    pickle.dump(keys, f, protocol=2)
-    for key in keys:
-      data = pickler.storages[key].data
-      f.write(struct.pack("<q", data.size))
-      f.write(data.tobytes())
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+    z.writestr("archive/data.pkl", buf.getvalue())
+    z.writestr("archive/byteorder", "little")
+    for key, st in pickler.storages.items():
+      z.writestr(f"archive/data/{key}", st.data.astype(st.data.dtype.newbyteorder("<")).tobytes())
+    z.writestr("archive/version", "3\n")
 
 
 def _a(prefix, cin, pool):

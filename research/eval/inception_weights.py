@@ -10,9 +10,11 @@ several independent projects that pin this file. Then point the evaluation at th
 `--config.eval.inception_weights=<npz>` or `RESEARCH_INCEPTION_WEIGHTS=<npz>`.
 
 The .pth is read without torch: both of torch.save's layouts (the zip archive of torch >= 1.6,
-``<root>/data.pkl`` + ``<root>/data/<key>``, and the older single-stream "legacy" format) are
-unpickled with a restricted `pickle.Unpickler` that maps torch's tensor-rebuild functions and
-storage persistent ids onto NumPy arrays; any other global in the pickle is refused.
+``<root>/data.pkl`` + ``<root>/data/<key>``, and the older single-stream "legacy" format, whose
+framing records are pickles too) are read through `research.data.safe_pickle`: the only globals
+honoured are torch's tensor-rebuild functions, storage classes and OrderedDict, mapped onto NumPy
+stand-ins (every tensor view is checked against its storage); any other global is refused before
+it can run, with a one-line error, whether or not the checksum is checked.
 
 Mapping (`research.models.inception`): ``<block>.conv.weight`` [O, I, kh, kw] -> ``<block>/conv/
 kernel`` [kh, kw, I, O], with the block's inference BatchNorm (eps = 1e-3, torchvision's
@@ -24,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
-import pickle
 import struct
 import sys
 import zipfile
@@ -35,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from research.data import safe_pickle
 from research.errors import UserError
 
 FILE_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -67,17 +70,42 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 class _StorageType:
+  """Stand-in for a torch storage class (``torch.FloatStorage``, ...): only its dtype is used."""
+
   def __init__(self, dtype: type):
     self.dtype = np.dtype(dtype)
 
 
-def _strided(storage: np.ndarray, offset: int, size, stride) -> np.ndarray:
-  """A tensor as torch stores it: `size` elements of a 1-D storage from `offset`, `stride` apart."""
-  if len(size) == 0:
-    return np.array(storage[offset])
+def _is_count(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _strided(storage: Any, offset: Any, size: Any, stride: Any) -> np.ndarray:
+  """A tensor as torch stores it: `size` elements of a 1-D storage from `offset`, `stride` apart.
+
+  The view is checked first: it stays inside the storage and has no more elements than it (a
+  crafted stride would otherwise read memory outside the file's data).
+  """
+  if not (isinstance(storage, np.ndarray) and storage.ndim == 1):
+    raise ValueError(f"a tensor on a {type(storage).__name__}, not a storage")
+  dims = tuple(size) if isinstance(size, tuple | list) else None
+  steps = tuple(stride) if isinstance(stride, tuple | list) else None
+  if not (
+    _is_count(offset)
+    and dims is not None
+    and steps is not None
+    and len(dims) == len(steps)
+    and all(map(_is_count, dims + steps))
+  ):
+    raise ValueError(f"bad tensor view (offset {offset!r}, size {size!r}, stride {stride!r})")
+  if 0 in dims:
+    return np.zeros(dims, storage.dtype)
+  last = offset + sum((d - 1) * s for d, s in zip(dims, steps, strict=True))
+  if last >= len(storage) or math.prod(dims) > len(storage):
+    raise ValueError(f"a tensor view {dims} at {offset} outside its {len(storage)}-element storage")
   item = storage.dtype.itemsize
   view = np.lib.stride_tricks.as_strided(
-    storage[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)
+    storage[offset:], shape=dims, strides=tuple(s * item for s in steps), writeable=False
   )
   return np.array(view)
 
@@ -94,16 +122,26 @@ def _rebuild_tensor(storage, offset, size, stride):
   return _rebuild_tensor_v2(storage, offset, size, stride)
 
 
+# The only globals a torch state_dict pickle may name, each mapped to a stand-in of this module.
+_TORCH_GLOBALS: dict[tuple[str, str], Any] = {
+  ("collections", "OrderedDict"): OrderedDict,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+  **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
+}
+
+
 class _LegacyStorage:
   """A legacy-format storage: its bytes follow the pickle, so tensors on it are built afterwards."""
 
-  def __init__(self, dtype: np.dtype, root: _LegacyStorage | None = None, view: Any = None):
-    self.dtype, self.root, self.view = dtype, root or self, view
+  def __init__(self, key: str, dtype: np.dtype, root: _LegacyStorage | None = None, view=None):
+    self.key, self.dtype, self.root, self.view = key, dtype, root or self, view
     self.data: np.ndarray | None = None  # set on the root storage once its bytes are read
 
   def array(self) -> np.ndarray:
     data = self.root.data
-    assert data is not None, "storage bytes not read"
+    if data is None:
+      raise ValueError(f"storage {self.root.key!r} has no bytes in the file")
     if self.view is None:
       return data
     _, offset, size = self.view  # (view key, element offset, element count)
@@ -118,78 +156,97 @@ class _DeferredTensor:
     return _strided(self.storage.array(), *self.args)
 
 
-class _TorchUnpickler(pickle.Unpickler):
-  """Unpickles a torch state_dict onto NumPy; refuses every global but the few a state_dict uses."""
-
-  def __init__(self, file, load_storage):
-    super().__init__(file)
-    self._load_storage = load_storage
-
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) == ("collections", "OrderedDict"):
-      return OrderedDict
-    if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-      return _rebuild_tensor_v2
-    if (module, name) == ("torch._utils", "_rebuild_tensor"):
-      return _rebuild_tensor
-    if module == "torch" and name in _STORAGE_DTYPES:
-      return _StorageType(_STORAGE_DTYPES[name])
-    raise pickle.UnpicklingError(f"refusing global {module}.{name} in a weight file")
-
-  def persistent_load(self, pid: Any) -> np.ndarray:
-    if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-      raise pickle.UnpicklingError(f"unsupported persistent id {pid!r}")
-    return self._load_storage(pid)
+def _storage_pid(pid: Any, n: int) -> tuple[np.dtype, str, Any]:
+  """(dtype, key, last field) of a ('storage', type, key, location, ...) persistent id of n fields."""
+  if not (isinstance(pid, tuple) and len(pid) == n and pid[0] == "storage"):
+    raise ValueError(f"unsupported persistent id {str(pid)[:80]}")
+  if not (isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
+    raise ValueError(f"bad storage record {str(pid)[:80]}")
+  return pid[1].dtype, pid[2], pid[-1]
 
 
-def _load_zip(path: str) -> dict[str, np.ndarray]:
+def _load_zip(path: str) -> Any:
   with zipfile.ZipFile(path) as z:
     names = z.namelist()
     pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkl) != 1:
       raise UserError(f"{path} is a zip but not a torch.save archive (no single data.pkl)")
     root = pkl[0][: -len("data.pkl")]
+    limit = os.path.getsize(path)  # torch stores members uncompressed: none is larger
 
-    def load_storage(pid):
-      _, storage_type, key, _location, numel = pid[:5]
-      raw = z.read(f"{root}data/{key}")
-      return np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"), count=numel)
+    def read(name: str) -> bytes:
+      if z.getinfo(name).file_size > limit:
+        raise ValueError(f"member {name} unpacks to more bytes than the archive holds")
+      return z.read(name)
 
-    return _TorchUnpickler(io.BytesIO(z.read(pkl[0])), load_storage).load()
+    storages: dict[tuple[str, str], np.ndarray] = {}  # one read per storage, however many views
+
+    def load_storage(pid: Any) -> np.ndarray:
+      dtype, key, numel = _storage_pid(pid, 5)
+      if not _is_count(numel):
+        raise ValueError(f"bad storage size {numel!r}")
+      if (key, dtype.str) not in storages:
+        raw = read(f"{root}data/{key}")
+        storages[key, dtype.str] = np.frombuffer(raw, dtype.newbyteorder("<"), count=numel)
+      return storages[key, dtype.str]
+
+    return safe_pickle.load(io.BytesIO(read(pkl[0])), path, _TORCH_GLOBALS, load_storage)
 
 
-def _load_legacy(path: str) -> dict[str, np.ndarray]:
+def _load_legacy(path: str) -> Any:
   """torch < 1.6's format: magic, protocol, sys_info, the pickle, storage keys, raw storages."""
   with open(path, "rb") as f:
     try:
-      magic = pickle.load(f)
-    except Exception:
+      magic = safe_pickle.load(f, path)
+    except safe_pickle.RefusedGlobal:
+      raise
+    except UserError:
       magic = None
     if magic != _LEGACY_MAGIC:
       raise UserError(f"{path} is neither a torch zip archive nor a legacy torch.save file")
-    pickle.load(f)  # protocol version (1001)
-    pickle.load(f)  # sys_info: byte order and type sizes
+    safe_pickle.load(f, path)  # protocol version (1001)
+    safe_pickle.load(f, path)  # sys_info: byte order and type sizes
     storages: dict[str, _LegacyStorage] = {}
 
-    def load_storage(pid):
-      _, storage_type, key, _location, _numel, view = pid
-      root = storages.setdefault(key, _LegacyStorage(storage_type.dtype))
-      return root if view is None else _LegacyStorage(storage_type.dtype, root, view)
+    def load_storage(pid: Any) -> _LegacyStorage:
+      dtype, key, view = _storage_pid(pid, 6)
+      root = storages.setdefault(key, _LegacyStorage(key, dtype))
+      if view is None:
+        return root
+      if not (isinstance(view, tuple) and len(view) == 3 and all(map(_is_count, view[1:]))):
+        raise ValueError(f"bad storage view {str(view)[:80]}")
+      return _LegacyStorage(key, dtype, root, view)
 
-    obj = _TorchUnpickler(f, load_storage).load()
-    for key in pickle.load(f):  # the storage keys, in the order their bytes follow
+    obj = safe_pickle.load(f, path, _TORCH_GLOBALS, load_storage)
+    keys = safe_pickle.load(f, path)  # the storage keys, in the order their bytes follow
+    for key in keys if isinstance(keys, list) else ():
       (numel,) = struct.unpack("<q", f.read(8))
       st = storages[key]
-      st.data = np.frombuffer(f.read(numel * st.dtype.itemsize), st.dtype.newbyteorder("<"))
+      raw = f.read(max(numel, 0) * st.dtype.itemsize)
+      if numel < 0 or len(raw) != numel * st.dtype.itemsize:
+        raise ValueError(f"storage {key!r} is truncated")
+      st.data = np.frombuffer(raw, st.dtype.newbyteorder("<"))
+  if not isinstance(obj, Mapping):
+    return obj
   return {k: v.resolve() if isinstance(v, _DeferredTensor) else v for k, v in obj.items()}
 
 
 def read_pth(path: str) -> dict[str, np.ndarray]:
-  """A torch.save'd state_dict (zip or legacy layout) -> {name: np.ndarray}, without torch."""
-  if zipfile.is_zipfile(path):
-    state = _load_zip(path)
-  else:
-    state = _load_legacy(path)
+  """A torch.save'd state_dict (zip or legacy layout) -> {name: np.ndarray}, without torch.
+
+  Only the globals of `_TORCH_GLOBALS` are honoured (any other is refused, before it can run);
+  every failure is a one-line `UserError` naming `path`.
+  """
+  try:
+    state = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+  except UserError:
+    raise
+  except Exception as e:  # a crafted or damaged file can raise almost anything
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise UserError(
+      f"{path} is not a readable torch.save file ({type(e).__name__}: {first}); use the "
+      f"official {FILE_NAME}"
+    ) from None
   if not isinstance(state, Mapping):
     raise UserError(f"{path} holds a {type(state).__name__}, not a state_dict")
   return dict(state)
@@ -288,9 +345,9 @@ def load_params(path: str) -> tuple[dict[str, Any], str]:
   """A converted .npz -> (nested params for `InceptionV3`, the source .pth's sha256)."""
   if not os.path.exists(path):
     raise UserError(f"no Inception weights at {path}; {HOW_TO_GET}")
-  with np.load(path) as z:
-    flat = {k: z[k] for k in z.files if k != SOURCE_KEY}
-    source = str(z[SOURCE_KEY]) if SOURCE_KEY in z.files else "unknown"
+  arrays = safe_pickle.load_npz(path, path, f"convert it again with `{CONVERT_COMMAND}`")
+  source = str(arrays.pop(SOURCE_KEY, "unknown"))
+  flat = arrays
   params = unflatten(flat)
   check_against_model(params)
   return params, source

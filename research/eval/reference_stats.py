@@ -30,6 +30,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from research import data
+from research.data import safe_pickle
+from research.errors import UserError
 from research.eval import feature_nets, metrics
 from research.train import sharding as shd
 
@@ -139,8 +141,18 @@ def _load(path: epath.Path, conv: dict[str, Any]) -> ReferenceStats | None:
     return None
   if json.loads(meta.read_text()) != conv:
     return None
-  with arrays.open("rb") as f, np.load(f) as z:
-    mu, sigma, feats = z["mu"], z["sigma"], z["features"]
+  fix = f"delete it and {meta.name} to recompute them"
+  with arrays.open("rb") as f:  # a shared cache folder: read no pickles, check every array
+    z = safe_pickle.load_npz(f, str(arrays), fix)
+  d = int(conv["feature_dim"])
+  shapes = {"mu": (d,), "sigma": (d, d), "features": (None, d)}
+  for key, shape in shapes.items():
+    a = z.get(key)
+    fits = a is not None and a.dtype.kind == "f" and a.ndim == len(shape)
+    if not (fits and all(want in (None, got) for want, got in zip(shape, a.shape, strict=True))):
+      got = "missing" if a is None else f"{a.dtype} {a.shape}"
+      raise UserError(f"{arrays} holds {key} {got}, expected float {shape}; {fix}")
+  mu, sigma, feats = z["mu"], z["sigma"], z["features"]
   return ReferenceStats(mu, sigma, feats, conv["num_images"], conv, str(path), cache_hit=True)
 
 
