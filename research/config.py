@@ -82,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
       "eval_every": 0,  # 0 = off
       "checkpoint_every": 1_000,
       "max_to_keep": 3,
+      # Restore this step instead of the newest (0). Sample/eval read it; training goes back to
+      # it and renames later steps <step>.superseded (research/train/setup.py).
+      "restore_step": 0,
       "async_checkpoint": True,
       "ema_decay": 0.0,  # 0 = off; sampling/eval use EMA weights when on and sample.use_ema
       "grad_accum": 1,

@@ -3,7 +3,9 @@
   python -m research.main --config=experiments/vae_mnist.py:runlocal --workdir=/tmp/vae \
       [--mode=train|sample|eval] [--config.train.num_steps=500 ...]
 
-Re-running the same command on the same workdir resumes from its latest checkpoint.
+Re-running the same command on the same workdir resumes from its newest complete checkpoint. The
+workdir (local or gs://) is created and probed with a file first: one that cannot be written is a
+one-line error before any data or JAX work.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError("--config is required, e.g. --config=experiments/vae_mnist.py:runlocal")
   logging.set_verbosity(logging.WARNING)
   try:
+    from research.train.faults import check_workdir
+
+    # Before any data preparation or compile: a workdir that cannot hold the run fails at once.
+    check_workdir(_WORKDIR.value, create=_MODE.value == "train")
     _init_jax()
     from research.eval import run as eval_run
     from research.train import loop

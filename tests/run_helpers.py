@@ -13,6 +13,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "tests", "configs", "vae_tiny.py")
 
 
+# The beginnings of every line research.main writes on stderr (grep research/ for file=sys.stderr):
+# progress goes to stdout; anything else on stderr is a third-party line that leaked.
+OWN_STDERR = (
+  "training ",  # loop: what is trained, from which step, on which mesh
+  "restored step ",  # setup: the step a run resumed from
+  "note: ",  # config changes, skipped/superseded checkpoints, skipped metrics
+  "wrote ",  # sample mode: the files written
+  "generating ",  # first build of an offline dataset
+  "computing reference statistics ",  # eval: the first FID reference of a dataset
+  "workdir already holds step ",  # a finished run re-run
+  "SIGTERM: saved step ",  # preemption
+  "error: ",  # one-line errors
+)
+
+
+def foreign_lines(stderr: str) -> list[str]:
+  """The lines of `stderr` that research.main did not write."""
+  return [line for line in stderr.splitlines() if line and not line.startswith(OWN_STDERR)]
+
+
 def main_command(workdir: str, *flags: str, config: str = TINY) -> list[str]:
   return [
     sys.executable,
@@ -126,3 +146,25 @@ def tiny_classifier_config(data_dir: str, steps: int = 100, dataset: str = "offl
   c.train.checkpoint_every = steps
   c.eval.batch_size = 128
   return c
+
+
+_REFERENCES: dict[tuple[str, tuple[str, ...]], dict] = {}
+
+
+def reference_run(tmp_path_factory, data_dir: str, *flags: str) -> dict:
+  """An uninterrupted run of the tiny config with `flags`, once per test process: its workdir
+  (checkpoints 4, 8, 12 for 12 steps) and its final parameters, which every interrupted, damaged
+  or rewound run must end with."""
+  key = (data_dir, flags)
+  if key not in _REFERENCES:
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    run_main(workdir, data_dir, *flags)
+    _REFERENCES[key] = {"workdir": workdir, **final_params(workdir, data_dir)}
+  return _REFERENCES[key]
+
+
+def assert_same(a: dict, b: dict) -> None:
+  """Bit-identical parameters at the same step (`final_params` results)."""
+  assert a["step"] == b["step"]
+  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
+    np.testing.assert_array_equal(x, y)

@@ -11,7 +11,14 @@ import numpy as np
 import portpicker
 import pytest
 
-from tests.run_helpers import final_params, main_command, run_main, subprocess_env
+from tests.run_helpers import (
+  assert_same,
+  final_params,
+  main_command,
+  reference_run,
+  run_main,
+  subprocess_env,
+)
 
 pytestmark = pytest.mark.slow
 STEPS = "--config.train.num_steps=12"
@@ -20,15 +27,10 @@ STEPS = "--config.train.num_steps=12"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir):
   """An uninterrupted 12-step run: the parameters every interrupted run must end with."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  run_main(workdir, data_dir, STEPS)
-  return final_params(workdir, data_dir)
+  return reference_run(tmp_path_factory, data_dir, STEPS)
 
 
-def _assert_same(a, b):
-  assert a["step"] == b["step"]
-  for x, y in zip(_leaves(a["params"]), _leaves(b["params"]), strict=True):
-    np.testing.assert_array_equal(x, y)
+_assert_same = assert_same
 
 
 def _leaves(tree):

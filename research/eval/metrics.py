@@ -11,6 +11,8 @@ of samples (Chong & Forsyth 2020), so report N with it.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.linalg
 import scipy.special
@@ -68,10 +70,12 @@ def frechet_distance(
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
   if method != "sqrtm":
     raise UserError(f"unknown Frechet distance method {method!r}; use 'sqrtm' or 'eigh'")
-  covmean = scipy.linalg.sqrtm(s1 @ s2)  # [D, D]
-  if not np.all(np.isfinite(covmean)) or _imag(covmean) > 1e-3:
-    offset = np.eye(d) * eps  # TTUR: "product of covs is singular; adding eps to diagonal"
-    covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+  with warnings.catch_warnings():  # a singular product is handled below, not worth a warning
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)  # [D, D]
+    if not np.all(np.isfinite(covmean)) or _imag(covmean) > 1e-3:
+      offset = np.eye(d) * eps  # TTUR: "product of covs is singular; adding eps to diagonal"
+      covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
   if not np.all(np.isfinite(covmean)) or _imag(covmean) > 1e-3:
     raise ValueError("Frechet distance: no real square root of the covariance product")
   covmean = covmean.real

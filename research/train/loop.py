@@ -187,9 +187,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         print(f"SIGTERM: saved step {step}; re-run the same command to resume", file=sys.stderr)
         break
   finally:
-    exp.checkpointer.close()  # waits for the last save, still under the SIGTERM handler
-    preemption.restore()
-    writer.close()
-    if hasattr(batches, "close"):
-      batches.close()
+    try:  # waits for the last save, still under the SIGTERM handler; raises its failure
+      exp.checkpointer.close()
+    finally:
+      preemption.restore()
+      writer.close()
+      if hasattr(batches, "close"):
+        batches.close()
   return state

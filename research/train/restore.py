@@ -31,7 +31,7 @@ from research.registry import TASKS
 from research.tasks.base import Task, UnknownConfigKeys, Variables
 from research.train import sharding as shd
 from research.train import state as state_lib
-from research.train.checkpoint import Checkpointer, absolute, config_diff
+from research.train.checkpoint import Checkpointer, absolute
 
 
 class NoCheckpoint(UserError):
@@ -98,8 +98,9 @@ def restore_variables(
 ) -> Variables:
   """Each part's parameters (its EMA when `use_ema` and the run kept one) and collections at
   `step`, into the shapes `task.init` gives; sharded over `mesh` by the FSDP rule, or replicated
-  on every device when `mesh` is None (ready for jitted use beside batch-sharded inputs). A checkpoint of another model is a one-line error (naming
-  how `config`, when given, differs from the one that wrote it)."""
+  on every device when `mesh` is None (ready for jitted use beside batch-sharded inputs). A
+  checkpoint of another model is a one-line error (naming how `config`, when given, differs from
+  the one that wrote it); one whose files do not read raises `DamagedCheckpoint`."""
   example = state_lib.example_batch(info.image_shape, info.num_classes is not None)
   abstract = jax.eval_shape(task.init, jax.random.key(0), example)
   if mesh is None:
@@ -110,6 +111,7 @@ def restore_variables(
   target = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings
   )
+  checkpointer.check_files(step)
   saved = checkpointer.saved_config(step)
   kept_ema = float(saved.get("train", {}).get("ema_decay", 0.0)) > 0  # as state.create_state
   which, item = {}, {"parts": {}}
@@ -121,25 +123,22 @@ def restore_variables(
     item["parts"][part] = {which[part]: params}
     if variables:
       item["parts"][part]["collections"] = variables
-  try:
-    restored = checkpointer.manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(
-          item=item,
-          restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item),
-          partial_restore=True,
-        )
-      ),
-    )
-  except (ValueError, KeyError, TypeError) as e:
-    diff = config_diff(saved, config) if config is not None else []
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    shown = "; ".join(diff[:4]) if diff else first[:200]
+  shown = checkpointer.mismatch(step, item, config, partial=True)
+  if shown:
     raise UserError(
       f"checkpoint {checkpointer.directory}/{step} does not hold this model ({shown}); "
       "use the config that wrote it, or a new --workdir"
-    ) from None
+    )
+  restored = checkpointer.restore_items(
+    step,
+    ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), item),
+        partial_restore=True,
+      )
+    ),
+  )
   parts = restored.state["parts"]
   return {
     part: {"params": parts[part][which[part]], **parts[part].get("collections", {})}
@@ -169,8 +168,10 @@ def load_trained(
   task_name: str | None = None,
   image_shape: tuple[int, int, int] | None = None,
   mesh: Mesh | None = None,
+  step: int = 0,
 ) -> Trained:
-  """The latest checkpoint of `workdir` as a `Trained` model.
+  """The newest checkpoint of `workdir` that restores completely (or `step`, when > 0) as a
+  `Trained` model; damaged steps are set aside (`Checkpointer.restore_newest`).
 
   `task_name` checks the run is of that family; `image_shape` rebuilds a fully convolutional model
   for another input size than it was trained on (DALL-E's dVAE on captioned canvases).
@@ -178,20 +179,24 @@ def load_trained(
   directory = epath.Path(absolute(workdir)) / "checkpoints"
   if not directory.exists():
     raise NoCheckpoint(f"no checkpoint in {directory}; train a model there first")
-  checkpointer = Checkpointer(workdir, save_every=1, async_save=False)
-  try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise NoCheckpoint(f"no checkpoint in {directory}; train a model there first")
-    config = ml_collections.ConfigDict(checkpointer.saved_config(step))
+  checkpointer = Checkpointer(workdir, save_every=1, async_save=False, writer=False)
+
+  def load(s: int) -> Trained:
+    config = ml_collections.ConfigDict(checkpointer.saved_config(s))
     saved_name = config.get("task", {}).get("name")
     if task_name is not None and saved_name != task_name:
       raise UserError(f"{workdir} holds a {saved_name!r} run, not {task_name!r}; pass its workdir")
-    info = saved_dataset_info(checkpointer, step, config, workdir)
+    info = saved_dataset_info(checkpointer, s, config, workdir)
     if image_shape is not None:
       info = dataclasses.replace(info, image_shape=tuple(image_shape))
     task = _task_of(config, info, workdir)
-    variables = restore_variables(checkpointer, step, task, info, use_ema=use_ema, mesh=mesh)
+    variables = restore_variables(checkpointer, s, task, info, use_ema=use_ema, mesh=mesh)
+    return Trained(task, variables, config, info, s, workdir)
+
+  try:
+    found = checkpointer.restore_newest(load, step=step)
   finally:
     checkpointer.close()
-  return Trained(task, variables, config, info, step, workdir)
+  if found is None:
+    raise NoCheckpoint(f"no checkpoint in {directory}; train a model there first")
+  return found[1]

@@ -1,8 +1,17 @@
 """Everything a mode needs before its first step: mesh, data spec, task, optimizers, state.
 
 `build` is the training set-up (the full train state, initialised sharded or restored from the
-workdir's latest checkpoint); `build_inference` is the sample and eval modes' (the current config's
-task and the checkpoint's parameters only, through `research.train.restore`).
+workdir's newest checkpoint that reads back completely); `build_inference` is the sample and eval
+modes' (the current config's task and the checkpoint's parameters only, through
+`research.train.restore`).
+
+`config.train.restore_step` (0 = the newest) picks a step instead. The sample and eval modes read it
+and leave the later steps alone. Training goes back to it: the later steps are renamed
+``<step>.superseded`` (kept, with a note naming them) and the run continues from the chosen step
+with the data order of an uninterrupted run. Re-running the same command then resumes from the
+newest step as usual (the steps after the chosen one were written by a run with the same
+``restore_step``, which the saved config records), so a preempted rewind is not rewound again; to go
+back to the same step a second time, move the later steps aside by hand.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from research.tasks.base import Task, Variables
 from research.train import restore
 from research.train import sharding as shd
 from research.train import state as state_lib
-from research.train.checkpoint import Checkpointer
+from research.train.checkpoint import Checkpointer, DamagedCheckpoint
 from research.train.optim import make_optimizers
 
 
@@ -125,10 +134,52 @@ def _model_error(e: Exception, info: data.DatasetInfo) -> UserError:
   return UserError(f"config.model does not fit the data {info.image_shape}: {first}")
 
 
+def _restore_step(checkpointer: Checkpointer, wanted: int) -> int:
+  """`config.train.restore_step` for training: the step to go back to, or 0 (the latest) when the
+  later steps were trained from it by a run with the same setting (the same command re-run after
+  a preemption continues, instead of going back again)."""
+  if not wanted:
+    return 0
+  later = [s for s in checkpointer.steps() if s > wanted]
+  if later:
+    try:
+      saved = checkpointer.saved_config(later[-1])
+    except DamagedCheckpoint:
+      saved = {}
+    if saved.get("train", {}).get("restore_step") == wanted:
+      if jax.process_index() == 0:
+        print(
+          f"note: config.train.restore_step={wanted}: steps {', '.join(map(str, later))} were "
+          f"trained from step {wanted} with this setting; resuming from step {later[-1]}",
+          file=sys.stderr,
+        )
+      return 0
+  return wanted
+
+
+def _supersede_later_steps(checkpointer: Checkpointer, step: int) -> None:
+  """Training from an earlier step: the later steps are renamed ``<step>.superseded`` (kept, never
+  overwritten), so the run's new saves cannot collide with them."""
+  later = [s for s in checkpointer.steps() if s > step]
+  if not later:
+    return
+  moved = [checkpointer.set_aside(s, "superseded") for s in later]
+  if jax.process_index() == 0:
+    names = ", ".join(
+      str(m.name) if m else f"{s} (could not move)" for s, m in zip(later, moved, strict=True)
+    )
+    print(
+      f"note: config.train.restore_step={step}: later steps moved aside in "
+      f"{checkpointer.directory}: {names}; training continues from step {step}",
+      file=sys.stderr,
+    )
+
+
 def build(
   config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo | None = None
 ) -> Experiment:
-  """The training set-up; restores the workdir's latest checkpoint when there is one."""
+  """The training set-up; restores the workdir's newest checkpoint that reads back completely
+  (damaged ones are set aside), or `config.train.restore_step` when > 0."""
   mesh = _mesh(config)
   validate(config, mesh)
   info = info or prepare_data(config, workdir)
@@ -150,9 +201,10 @@ def build(
     max_to_keep=config.train.max_to_keep,
     async_save=config.train.async_checkpoint,
   )
-  step = checkpointer.latest_step()
+  cfg = config_dict(config)
+  has_steps = bool(checkpointer.steps())
   try:
-    if step is None:
+    if not has_steps:
       state, shardings = state_lib.init_sharded(make, mesh, config.mesh.fsdp_min_size)
     else:
       abstract = jax.eval_shape(make)
@@ -161,13 +213,27 @@ def build(
   except (ValueError, TypeError) as e:  # a model that cannot take this data, e.g. too many levels
     checkpointer.close()
     raise _model_error(e, info) from None
-  if step is not None:
-    state = checkpointer.restore(step, target, config_dict(config))
-    if jax.process_index() == 0:
-      print(f"restored step {step} from {checkpointer.directory}", file=sys.stderr)
-      changed = checkpointer.config_changes(step, config_dict(config))
-      if changed:
-        print(f"note: config differs from the checkpoint's: {'; '.join(changed)}", file=sys.stderr)
+  step = None
+  if has_steps:
+    try:
+      wanted = _restore_step(checkpointer, int(config.train.get("restore_step", 0)))
+      found = checkpointer.restore_newest(
+        lambda s: checkpointer.restore(s, target, cfg), step=wanted
+      )
+      if found is None:  # every step vanished in between: start afresh
+        state, shardings = state_lib.init_sharded(make, mesh, config.mesh.fsdp_min_size)
+      else:
+        step, state = found
+        if wanted:
+          _supersede_later_steps(checkpointer, step)
+    except BaseException:
+      checkpointer.close()
+      raise
+  if step is not None and jax.process_index() == 0:
+    print(f"restored step {step} from {checkpointer.directory}", file=sys.stderr)
+    changed = checkpointer.config_changes(step, cfg)
+    if changed:
+      print(f"note: config differs from the checkpoint's: {'; '.join(changed)}", file=sys.stderr)
   return Experiment(
     config, workdir, mesh, info, task, optimizers, state, shardings, checkpointer, step
   )
@@ -175,19 +241,18 @@ def build(
 
 def build_inference(config: ml_collections.ConfigDict, workdir: str) -> Inference:
   """The sample / eval set-up: the task of `config` (its sampling and eval settings may differ
-  from the run's) with the parameters of the workdir's latest checkpoint, sharded over the mesh."""
+  from the run's) with the parameters of the workdir's newest checkpoint that reads back (or of
+  `config.train.restore_step` when > 0; later steps are left alone), sharded over the mesh."""
   mesh = _mesh(config)
   shd.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
   shd.check_batch_size(config.sample.num_samples, mesh, "config.sample.num_samples")
   info = prepare_data(config, workdir)
   task = build_task(config, info)
-  checkpointer = Checkpointer(workdir, save_every=1, async_save=False)
-  try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise UserError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
+  checkpointer = Checkpointer(workdir, save_every=1, async_save=False, writer=False)
+
+  def load(step: int) -> Variables:
     try:
-      variables = restore.restore_variables(
+      return restore.restore_variables(
         checkpointer,
         step,
         task,
@@ -199,6 +264,12 @@ def build_inference(config: ml_collections.ConfigDict, workdir: str) -> Inferenc
       )
     except (ValueError, TypeError) as e:
       raise _model_error(e, info) from None
+
+  try:
+    found = checkpointer.restore_newest(load, step=int(config.train.get("restore_step", 0)))
   finally:
     checkpointer.close()
+  if found is None:
+    raise UserError(f"no checkpoint in {workdir}/checkpoints; train first with --mode=train")
+  step, variables = found
   return Inference(config, workdir, mesh, info, task, variables, step)
