@@ -55,8 +55,16 @@ def main(argv):
     out = fn(variables, jax.random.key(i + 1))
   jax.block_until_ready(out)
   per_call = (time.perf_counter() - t0) / _REPEATS.value
-  sampling = getattr(task, "sampling", None)  # the task's resolved sampler settings, if any
-  sample_cfg = dataclasses.asdict(sampling) if dataclasses.is_dataclass(sampling) else {}
+  sampling = getattr(task, "sampling", None)  # a diffusion task's resolved sampler settings
+  sample_cfg = {}
+  if dataclasses.is_dataclass(sampling):
+    from research.tasks import diffusion_sampling
+
+    keys = ("sampler", "steps", "eta", "spacing", "guidance_scale")
+    sample_cfg = {k: v for k, v in dataclasses.asdict(sampling).items() if k in keys}
+    guided = task.num_classes is not None and sampling.guidance_scale != 0
+    sample_cfg["objective"] = type(task.objective).__name__
+    sample_cfg["nfe_per_image"] = diffusion_sampling.evaluations(sampling, task.objective, guided)
   print(
     json.dumps(
       {

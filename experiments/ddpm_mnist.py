@@ -16,7 +16,7 @@ Arguments: ``runlocal``, ``conditional``, ``target=v``, ``schedule=cosine``.
 
 import ml_collections
 
-from research.config import adam, base_config, parse_arg
+from research.config import adam, base_config, digits_diffusion_quick_start, parse_arg
 
 
 def get_config(arg=None):
@@ -46,6 +46,8 @@ def get_config(arg=None):
       "num_res_blocks": 2,
       "attn_resolutions": (14,),
       "dropout": 0.1,
+      "num_groups": 32,
+      "patch_size": 1,
       "dtype": "bfloat16" if arg.bf16 else "float32",
       "remat": False,
     }
@@ -73,17 +75,7 @@ def get_config(arg=None):
   c.eval.feature_net = "digits_classifier"  # skipped with a note until it is trained
 
   if arg.runlocal:
-    c.batch_size = 32
-    c.model.update(
-      {"ch": 16, "ch_mult": (1, 2), "num_res_blocks": 1, "num_groups": 8, "dropout": 0.0}
-    )
-    c.optim.model.learning_rate = 1e-3
-    c.optim.model.warmup_steps = 50
-    c.train.num_steps = 500
-    c.train.log_every = 50
-    c.train.sample_every = 250
-    c.train.checkpoint_every = 250
-    c.train.ema_decay = 0.99
-    c.sample.steps = 20
+    # The quick start (research.config.digits_diffusion_quick_start); the paper's objective kept.
+    digits_diffusion_quick_start(c)
     c.task.eval_timesteps = 20
   return c

@@ -140,3 +140,36 @@ def adam(learning_rate: float, **kw: Any) -> ml_collections.ConfigDict:
   }
   fields.update(kw)
   return ml_collections.ConfigDict(fields)
+
+
+def digits_diffusion_quick_start(c: ml_collections.ConfigDict, num_steps: int = 2_600) -> None:
+  """The `:runlocal` recipe of the 28x28 digits diffusion configs (ddpm, flow, edm, meanflow).
+
+  A UNet on 2x2 patches (14x14 and 7x7 levels, 48 / 96 channels, 1.5M parameters; about 170
+  images/s on 2 CPU cores), `num_steps` steps of 32 (2,600: about 8 minutes here), Adam at 2e-3
+  with 100 warm-up steps and a cosine decay to 5%, a short EMA (0.998).
+  """
+  c.batch_size = 32
+  c.model.update(
+    {
+      "ch": 48,
+      "ch_mult": (1, 2),
+      "num_res_blocks": 1,
+      "attn_resolutions": (),
+      "dropout": 0.0,
+      "num_groups": 8,
+      "patch_size": 2,
+    }
+  )
+  c.optim.model.update(
+    {"learning_rate": 2e-3, "warmup_steps": 100, "schedule": "cosine", "end_lr_factor": 0.05}
+  )
+  c.train.update(
+    {
+      "num_steps": num_steps,
+      "log_every": 100,
+      "sample_every": num_steps // 2,
+      "checkpoint_every": num_steps // 4,
+      "ema_decay": 0.998,
+    }
+  )

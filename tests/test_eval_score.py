@@ -103,6 +103,11 @@ def test_class_histogram_entropy_and_label_agreement_by_hand():
   assert sas.entropy_nats(hist) == pytest.approx(-(2 * 0.25 * np.log(0.25) + 0.5 * np.log(0.5)))
   assert sas.entropy_nats(np.full(10, 0.1)) == pytest.approx(np.log(10))
   assert sas.label_agreement(logits, np.array([0, 1, 2, 9])) == 0.75
+  # Confidence: max softmax of [5, 0 x 9] is e^5 / (e^5 + 9) = 0.943 >= 0.9; of [2, 0 x 9], 0.45.
+  assert sas.confident_fraction(logits) == 1.0
+  mixed = np.concatenate([logits[:1], np.eye(10)[[3]] * 2.0, np.zeros((2, 10))])
+  assert sas.confident_fraction(mixed) == 0.25
+  assert sas.confident_fraction(mixed, threshold=0.4) == 0.5
 
 
 @dataclasses.dataclass(frozen=True)

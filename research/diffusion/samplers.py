@@ -168,19 +168,21 @@ def ddpm_sample(
   num_steps: int | None = None,
   spacing: str = "linspace",
   x_T: jax.Array | None = None,
+  steps_offset: int = 0,
 ) -> jax.Array:
   """Ancestral sampling (Ho et al. Algorithm 2) from x_T ~ N(0, I); returns x_0 [*shape] float32.
 
   variance: "beta" (sigma^2 = beta, the paper's/CIFAR default), "beta_tilde", or "learned_range".
   num_steps: sample on the respaced schedule (`timestep_subsequence(T, num_steps, spacing)`; the
-  default spacing is improved-diffusion's / DiT's "250"), None for all T steps.
+  default spacing is improved-diffusion's / DiT's "250"), None for all T steps; steps_offset goes
+  to `timestep_subsequence` (diffusers' "leading" offset).
   With clip_x0 every x0 prediction is clipped to [-1, 1], so the result (the last step's x0_hat,
   since mu~ at t = 0 is x0_hat) lies in [-1, 1].
   """
   sch.check_target(target)
   sch.check_variance(variance)
   if num_steps is not None:
-    steps = sch.timestep_subsequence(schedule.num_steps, num_steps, spacing)
+    steps = sch.timestep_subsequence(schedule.num_steps, num_steps, spacing, steps_offset)
     schedule = sch.respace(schedule, steps)
   step = lambda x, t, out, z: ddpm_step(schedule, x, t, out, z, target, variance, clip_x0)
   x0 = _sample_loop(rng, schedule, denoise_fn, tuple(shape), step, x_T)
@@ -199,15 +201,20 @@ def ddim_sample(
   x_T: jax.Array | None = None,
   spacing: str = "uniform",
   learned_range: bool = False,
+  steps_offset: int = 0,
 ) -> jax.Array:
   """DDIM (Song et al. 2021, eq. 12 with sigma of eq. 16) on `num_steps` steps; x_0 [*shape].
 
-  spacing: "uniform" (the DDIM repo's strided range(0, T, T // num_steps)), "linspace" or
-  "quadratic" (see `timestep_subsequence`). eta = 0 is deterministic given x_T; eta = 1 with
-  num_steps = T is ancestral sampling with variance beta~.
+  spacing: "uniform" (the DDIM repo's strided range(0, T, T // num_steps)), "linspace",
+  "quadratic", or diffusers' "leading" (with `steps_offset`) and "trailing" (see
+  `timestep_subsequence`). eta = 0 is deterministic given x_T; eta = 1 with num_steps = T is
+  ancestral sampling with variance beta~. Each step goes to the previous entry of the subsequence
+  and after the first entry to abar = 1: diffusers' DDIMScheduler with set_alpha_to_one=True, whose
+  `t - T // num_steps` is that previous entry whenever the entries are T // num_steps apart
+  ("leading"; "trailing" when num_steps divides T).
   """
   sch.check_target(target)
-  steps = sch.timestep_subsequence(schedule.num_steps, num_steps, spacing)
+  steps = sch.timestep_subsequence(schedule.num_steps, num_steps, spacing, steps_offset)
   if len(steps) != schedule.num_steps:
     schedule = sch.respace(schedule, steps)
   step = lambda x, t, out, z: ddim_step(schedule, x, t, out, z, target, eta, clip_x0, learned_range)

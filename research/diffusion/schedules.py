@@ -30,7 +30,7 @@ from research.errors import UserError
 
 TARGETS = ("eps", "v")
 VARIANCES = ("beta", "beta_tilde", "learned_range")
-SPACINGS = ("uniform", "linspace", "quadratic")
+SPACINGS = ("uniform", "linspace", "quadratic", "leading", "trailing")
 
 # The float32 tables a Schedule carries, in field order (all [T]).
 _TABLES = (
@@ -184,18 +184,46 @@ def make_schedule(name: str, T: int, **kw) -> Schedule:
     raise UserError(f"bad arguments {sorted(kw)} for the {name!r} schedule: {e}") from None
 
 
-def timestep_subsequence(T: int, num_steps: int, spacing: str = "uniform") -> np.ndarray:
+def timestep_subsequence(
+  T: int, num_steps: int, spacing: str = "uniform", steps_offset: int = 0
+) -> np.ndarray:
   """Increasing original indices for sampling with fewer steps (Song et al. 2021, sec. 4.2).
 
   "uniform":   range(0, T, T // num_steps), the DDIM repo's strided sequence (it has more than
                num_steps entries when num_steps does not divide T, exactly as the repo);
   "linspace":  round(linspace(0, T - 1, num_steps)), exactly num_steps entries including T - 1
-               (improved-diffusion's `space_timesteps(T, "N")`, used by DiT's 250 steps);
+               (improved-diffusion's `space_timesteps(T, "N")`, used by DiT's 250 steps; also
+               diffusers' DDIMScheduler `timestep_spacing="linspace"`);
   "quadratic": int(linspace(0, sqrt(0.8 T), num_steps)^2), the DDIM repo's CIFAR-10 choice
-               (duplicates removed, so possibly fewer entries).
+               (duplicates removed, so possibly fewer entries);
+  "leading":   arange(num_steps) * (T // num_steps) + steps_offset, diffusers' "leading" (Stable
+               Diffusion's configs use steps_offset 1); exactly num_steps entries;
+  "trailing":  round(arange(T, 0, -T / num_steps)) - 1, diffusers' "trailing" (Lin et al. 2024,
+               Table 2): always includes T - 1; exactly num_steps entries.
+  diffusers lists these in decreasing order; this returns them increasing. `steps_offset` is
+  diffusers' `steps_offset`, which only "leading" uses (any other spacing rejects a nonzero one).
   """
   if not 1 <= num_steps <= T:
     raise UserError(f"num_steps={num_steps} must be between 1 and the schedule's T={T}")
+  if steps_offset and spacing != "leading":
+    raise UserError(
+      f"steps_offset={steps_offset} only applies to spacing='leading' (diffusers ignores it "
+      f"for {spacing!r}): set steps_offset=0 or use spacing='leading'"
+    )
+  if spacing == "leading":
+    steps = np.arange(num_steps, dtype=np.int64) * (T // num_steps) + int(steps_offset)
+    if steps[0] < 0 or steps[-1] >= T:
+      raise UserError(
+        f"steps_offset={steps_offset} puts timesteps outside [0, {T}) "
+        f"(last {steps[-1]}): use a smaller steps_offset or fewer steps"
+      )
+    return steps
+  if spacing == "trailing":
+    # float64 ratio and NumPy's round-half-to-even, exactly as diffusers' set_timesteps. Its float
+    # arange yields one extra entry (-1 after the shift) for some (T, num_steps), e.g. (17, 7):
+    # only the first num_steps entries are kept, which are diffusers' other entries.
+    steps = np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64)[:num_steps] - 1
+    return steps[::-1].copy()
   if spacing == "uniform":
     steps = np.arange(0, T, T // num_steps)
   elif spacing == "linspace":

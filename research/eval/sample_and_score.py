@@ -12,6 +12,8 @@ reference statistics of real images (`research.eval.reference_stats`):
   classifier this is the "classifier score" (at most its number of classes);
 - ``class_entropy_nats``: entropy of the histogram of predicted classes (log K = every class equally
   often; low = mode collapse), with ``class_fraction/<k>`` the histogram itself;
+- ``confident_fraction``: the share of samples the network reads with a maximum softmax probability
+  of at least ``CONFIDENT`` (0.9): a digit the classifier recognises, not a smudge between classes;
 - ``label_agreement``: for class-conditional samples, the fraction classified as their label.
 
 Conventions (recorded with the reference statistics): samples must be uint8 (the Task protocol), so
@@ -71,6 +73,17 @@ def entropy_nats(p: np.ndarray) -> float:
   return float(-np.sum(nz * np.log(nz))) + 0.0  # + 0.0: no "-0.0" for a single class
 
 
+CONFIDENT = 0.9  # max softmax probability of a "confidently read" sample
+
+
+def confident_fraction(logits: np.ndarray, threshold: float = CONFIDENT) -> float:
+  """Share of samples whose maximum softmax probability is at least `threshold`: logits [N, K]."""
+  z = np.asarray(logits, np.float64)
+  z = z - z.max(axis=1, keepdims=True)
+  p_max = 1.0 / np.sum(np.exp(z), axis=1)  # exp(max - max) / sum exp(z - max)
+  return float(np.mean(p_max >= threshold))
+
+
 def label_agreement(logits: np.ndarray, labels: np.ndarray) -> float:
   """Fraction of conditional samples the network classifies as their conditioning label."""
   return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
@@ -112,6 +125,7 @@ def feature_metrics(
     )
     hist = class_histogram(fake_logits, k)  # [K]
     out["class_entropy_nats"] = entropy_nats(hist)
+    out["confident_fraction"] = confident_fraction(fake_logits)
     out["class_entropy_max_nats"] = float(np.log(k))
     if k <= 100:  # a readable histogram (10 digits), not Inception's 1008 classes
       out.update({f"class_fraction/{c}": float(f) for c, f in enumerate(hist)})

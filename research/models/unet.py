@@ -2,6 +2,8 @@
 
 One module, `DDPMUNet`, maps noisy images [B, H, W, C], timestep indices [B] and optional class
 labels [B] to an output [B, H, W, out_channels] float32 (the predicted noise for DDPM's L_simple).
+Times may be float (flow matching feeds 1000 t, EDM ln(sigma) / 4); with `num_times=2` the model
+takes two times per example [B, 2] (MeanFlow's t and t - r), one embedder each, summed.
 The CIFAR-10 defaults (ch 128, ch_mult (1, 2, 2, 2), 2 blocks, attention at 16x16, dropout 0.1) give
 the paper's 35.7M parameters (35,746,307, the same count as diffusers' `UNet2DModel` with the
 google/ddpm-cifar10-32 config).
@@ -150,6 +152,25 @@ class DDPMUNet(nn.Module):
   dtype: str = "float32"  # compute dtype; parameters stay float32
   remat: bool = False  # jax.checkpoint each residual block (recompute in the backward pass)
   attention: str = "dot_product"  # one of ATTENTION_KINDS
+  # Times per example: 1 takes t [B]; K > 1 takes t [B, K] (MeanFlow's (t, h = t - r): K = 2),
+  # each column through its own sinusoid + MLP embedder, the K embeddings summed (as MeanFlow's
+  # DiT sums its two). Embedder k > 0 is named temb{k}_dense0/1; K = 1 is exactly the DDPM UNet.
+  num_times: int = 1
+  # Pixels per side of the patches the network works on (space-to-depth in, depth-to-space out):
+  # 2 halves every resolution (a 28x28 image runs at 14x14 with 4x the channels in and out), a
+  # quarter of the convolution FLOPs at the same widths; 1 = the DDPM UNet.
+  patch_size: int = 1
+
+  def _check_times(self, t: jax.Array, batch: int) -> list[jax.Array]:
+    """The time columns, each [B]: [t] itself when num_times == 1."""
+    if self.num_times == 1:
+      return [t]
+    if self.num_times < 1 or t.ndim != 2 or t.shape != (batch, self.num_times):
+      raise UserError(
+        f"model.num_times={self.num_times} needs times of shape [B, {self.num_times}], got "
+        f"{tuple(t.shape)}: pass one column per time (MeanFlow: [t, t - r]) or set num_times=1"
+      )
+    return [t[:, k] for k in range(self.num_times)]
 
   def _check(self, height: int, width: int, label: jax.Array | None) -> list[int]:
     """Raises UserError for configs that cannot work; returns the per-level resolutions."""
@@ -183,13 +204,19 @@ class DDPMUNet(nn.Module):
   def __call__(
     self,
     x: jax.Array,  # [B, H, W, C] float
-    t: jax.Array,  # [B] timestep indices (int or float)
+    t: jax.Array,  # [B] timestep indices (int or float); [B, num_times] when num_times > 1
     label: jax.Array | None = None,  # [B] int32 in [0, num_classes]; None = the null label
     *,
     train: bool,
   ) -> jax.Array:  # [B, H, W, out_channels] float32
     b, height, width, c_in = x.shape
-    self._check(height, width, label)
+    p = self.patch_size
+    if p < 1 or height % p or width % p:
+      raise UserError(
+        f"model.patch_size={p} does not tile a {height}x{width} image; use a divisor of both"
+      )
+    x = _space_to_depth(x, p)  # [B, H/p, W/p, C p^2]
+    self._check(height // p, width // p, label)
     dt = jnp.dtype(self.dtype)
     out_ch = self.out_channels or c_in
     block_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
@@ -201,10 +228,14 @@ class DDPMUNet(nn.Module):
     def attn(h: jax.Array, name: str) -> jax.Array:
       return AttnBlock(self.num_groups, dt, self.attention, name=name)(h)
 
-    # Timestep embedding (float32): sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch).
-    temb = timestep_embedding(t, self.ch)  # [B, ch]
-    temb = _nin(4 * self.ch, jnp.float32, "temb_dense0")(temb)
-    temb = _nin(4 * self.ch, jnp.float32, "temb_dense1")(nn.swish(temb))  # [B, 4ch]
+    # Timestep embedding (float32): sinusoid(ch) -> Dense(4ch) -> swish -> Dense(4ch), per time.
+    temb = None
+    for k, t_k in enumerate(self._check_times(t, b)):
+      prefix = "temb" if k == 0 else f"temb{k}"
+      e = timestep_embedding(t_k, self.ch)  # [B, ch]
+      e = _nin(4 * self.ch, jnp.float32, f"{prefix}_dense0")(e)
+      e = _nin(4 * self.ch, jnp.float32, f"{prefix}_dense1")(nn.swish(e))  # [B, 4ch]
+      temb = e if temb is None else temb + e
     if self.num_classes is not None:
       if label is None:
         label = jnp.full((b,), self.num_classes, jnp.int32)
@@ -248,5 +279,24 @@ class DDPMUNet(nn.Module):
 
     # Output (float32): GN -> swish -> conv3x3 with the 1e-10 init.
     h = nn.swish(_norm(self.num_groups, jnp.float32, "norm_out")(h))
-    h = _conv(out_ch, jnp.float32, "conv_out", scale=0.0)(h)
-    return h.astype(jnp.float32)
+    h = _conv(out_ch * p * p, jnp.float32, "conv_out", scale=0.0)(h)
+    return _depth_to_space(h, p).astype(jnp.float32)
+
+
+def _space_to_depth(x: jax.Array, p: int) -> jax.Array:
+  """[B, H, W, C] -> [B, H/p, W/p, p * p * C]: each p x p patch's pixels as channels."""
+  if p == 1:
+    return x
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def _depth_to_space(x: jax.Array, p: int) -> jax.Array:
+  """The inverse of `_space_to_depth`: [B, h, w, p * p * C] -> [B, h p, w p, C]."""
+  if p == 1:
+    return x
+  b, h, w, cp = x.shape
+  c = cp // (p * p)
+  x = x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * p, w * p, c)

@@ -1,14 +1,32 @@
-"""Denoising diffusion (Ho et al. 2020) as a task for the shared trainer.
+"""Diffusion and flow models as one task for the shared trainer: any denoiser under any objective.
 
-Training minimises L_simple (Ho et al. eq. 14): the mean squared error between the network's output
-and its target, epsilon (the paper) or v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022),
-at a uniformly drawn timestep. Images are scaled to [-1, 1]. With ``conditional``, labels are
-replaced by the null label with probability ``label_dropout`` so that one network learns both the
-conditional and the unconditional model (classifier-free guidance, Ho & Salimans 2022).
+``config.task.objective`` chooses the training objective (`research.diffusion.objectives`, time
+convention there: data at t = 0, noise at t_max):
 
-The denoiser is any registered network with the signature
-``net(x_t [B,H,W,C], t int32 [B], label int32 [B] | None, *, train) -> [B,H,W,C]``; the task does not
-know which (the DDPM UNet now, a diffusion transformer later).
+- ``ddpm`` (default): DDPM's L_simple (Ho et al. 2020, eq. 14), epsilon (the paper) or
+  v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022) at a uniform integer timestep; the
+  schedule is ``task.schedule`` (linear | cosine) with ``task.timesteps``, the target ``task.target``;
+- ``flow``: flow matching on the linear path x_t = (1 - t) x0 + t eps, velocity target (Lipman et al.
+  2022; Liu et al. 2022), uniform or SD3's logit-normal t (``time_sampling``, ``loc``, ``scale``),
+  optional timestep ``shift`` (Esser et al. 2024);
+- ``edm``: EDM's preconditioned denoiser (Karras et al. 2022): log-normal sigma (``p_mean``,
+  ``p_std``), ``sigma_data``, unit effective weight;
+- ``meanflow``: MeanFlow's average velocity (Geng et al. 2025), for one- and few-step sampling
+  (the network takes two times: ``config.model.num_times = 2``).
+
+The objective's own options are keys of ``config.task`` beside the task's. Images are scaled to
+[-1, 1]. With ``conditional``, labels are replaced by the null label with probability
+``label_dropout`` so that one network learns both the conditional and the unconditional model
+(classifier-free guidance, Ho & Salimans 2022). Sampling: `research.tasks.diffusion_sampling`.
+
+Held-out metrics: the objective's loss on the split and, per objective, its likelihood: DDPM's
+variational bound in bits/dim (Ho et al. eq. 5); for flow and MeanFlow models, bits/dim through the
+probability-flow ODE with Hutchinson's trace estimator (``likelihood_steps`` Heun steps, 0 = off;
+`research.diffusion.flow_likelihood`). EDM reports its loss only.
+
+The denoiser is any registered network ``net(x [B,H,W,C], t [B] or [B, K], label [B] | None, *,
+train) -> [B,H,W,C]``; the task does not know which (the DDPM UNet now, a diffusion transformer
+later).
 """
 
 from __future__ import annotations
@@ -24,37 +42,44 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import data
-from research.diffusion import likelihood, samplers, schedules
+from research.diffusion import flow_likelihood, likelihood, ode_samplers, schedules
+from research.diffusion import objectives as obj
+from research.diffusion.meanflow import MeanFlowObjective
 from research.errors import UserError
 from research.registry import TASKS, build_module
-from research.tasks import pixels
+from research.tasks import diffusion_sampling, pixels
 from research.tasks.base import Batch, Metrics, ModelTask, Variables, masked_sums, means, options
+from research.tasks.diffusion_sampling import SamplerConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class SamplerConfig:
-  """How `sample` draws images (``config.sample``; fields it leaves out keep these defaults)."""
-
-  sampler: str = "ddim"  # ddim | ddpm (ancestral)
-  steps: int = 50  # DDIM steps (ddpm always takes all T)
-  eta: float = 0.0  # DDIM stochasticity: 0 deterministic, 1 = ancestral with beta-tilde
-  variance: str = "beta"  # ancestral variance: beta (sigma^2 = beta_t) | beta_tilde
-  guidance_scale: float = 0.0  # w in (1 + w) eps(x, c) - w eps(x); 0 = the conditional model
-  clip_x0: bool = True
+OBJECTIVES = {
+  "ddpm": obj.DDPMObjective,
+  "flow": obj.FlowObjective,
+  "edm": obj.EDMObjective,
+  "meanflow": MeanFlowObjective,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionTask(ModelTask):
   net: nn.Module
-  schedule: schedules.Schedule  # from config.task.schedule (linear | cosine) and .timesteps
+  objective: Any  # one of OBJECTIVES, built from config.task
   image_shape: tuple[int, int, int]
   num_classes: int | None  # set when config.task.conditional
-  target: str = "eps"  # eps | v
   label_dropout: float = 0.1  # probability of the null label in training (conditional only)
-  loss_buckets: int = 10  # per-timestep loss logged in this many equal ranges of t
-  eval_timesteps: int = 1000  # terms of the bound evaluated per image (stratified; T = exact)
-  eval_variance: str = "beta"  # reverse-process variance in the bound: beta | beta_tilde
+  loss_buckets: int = 10  # loss logged in this many equal ranges of the noise level
+  eval_timesteps: int = 1000  # DDPM: terms of the bound per image (stratified; T = exact)
+  eval_variance: str = "beta"  # DDPM: reverse-process variance in the bound: beta | beta_tilde
+  likelihood_steps: int = 32  # flow / MeanFlow: Heun steps of the PF-ODE for bits/dim; 0 = off
   sampling: SamplerConfig = SamplerConfig()
+
+  # ---- DDPM's names, kept for its samplers and bound ----------------------------------------------
+  @property
+  def schedule(self) -> schedules.Schedule:
+    return self.objective.schedule
+
+  @property
+  def target(self) -> str:
+    return self.objective.prediction
 
   @property
   def timesteps(self) -> int:
@@ -65,14 +90,21 @@ class DiffusionTask(ModelTask):
     return self.num_classes
 
   # ---- the denoiser --------------------------------------------------------------------------
-  def _denoiser(
+  def _net_fn(
     self, params: Any, labels: jax.Array | None, rng: jax.Array | None = None, train: bool = False
   ) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    def denoise(x_t: jax.Array, t: jax.Array) -> jax.Array:
-      rngs = {"dropout": rng} if train else {}
-      return self.net.apply({"params": params}, x_t, t, labels, train=train, rngs=rngs)
+    """(x_in, c_noise) -> the network's output, closing over params, labels and dropout."""
 
-    return denoise
+    def net_fn(x_in: jax.Array, c_noise: jax.Array) -> jax.Array:
+      rngs = {"dropout": rng} if train else {}
+      return self.net.apply({"params": params}, x_in, c_noise, labels, train=train, rngs=rngs)
+
+    return net_fn
+
+  def _denoiser(self, params: Any, labels: jax.Array | None) -> Callable[..., jax.Array]:
+    """DDPM's denoise_fn(x_t, t) (integer t), for its samplers and bound."""
+    net_fn = self._net_fn(params, labels)
+    return lambda x_t, t: net_fn(*self.objective.net_inputs(x_t, t))
 
   def _labels(self, batch: Batch) -> jax.Array | None:
     return batch["label"].astype(jnp.int32) if self.num_classes is not None else None
@@ -80,11 +112,13 @@ class DiffusionTask(ModelTask):
   # ---- the Task protocol -------------------------------------------------------------------
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
     x = jnp.zeros(batch["image"].shape, jnp.float32)
-    t = jnp.zeros((x.shape[0],), jnp.int32)
+    t = jnp.full((x.shape[0],), self.objective.t_max, jnp.float32)
+    x_in, c_noise = self.objective.net_inputs(x, t)
     params_key, dropout_key = jax.random.split(rng)
     variables = self.net.init(
-      {"params": params_key, "dropout": dropout_key}, x, t, self._labels(batch), train=False
-    )
+      {"params": params_key, "dropout": dropout_key}, x_in, c_noise, self._labels(batch),
+      train=False,
+    )  # fmt: skip
     return {"model": variables}
 
   def loss(
@@ -102,94 +136,134 @@ class DiffusionTask(ModelTask):
     if labels is not None:  # classifier-free guidance: train the unconditional model too
       drop = jax.random.bernoulli(drop_key, self.label_dropout, labels.shape)
       labels = jnp.where(drop, self.null_label, labels)
-    per_example, t = self.simple_loss(
+    per_example, t = self.objective_loss(
       variables["model"]["params"], pixels.to_signed(batch["image"]), labels, rng, train
     )
-    metrics = {"mse": jnp.mean(per_example), **self._bucketed(per_example, t)}
+    name = "mse" if isinstance(self.objective, obj.DDPMObjective) else "objective"
+    metrics = {name: jnp.mean(per_example), **self._bucketed(per_example, t)}
     return jnp.mean(per_example), metrics, {}
 
-  def simple_loss(
+  def objective_loss(
     self, params: Any, x0: jax.Array, labels: jax.Array | None, rng: jax.Array, train: bool
   ) -> tuple[jax.Array, jax.Array]:
-    """L_simple per example [B] (Ho et al. eq. 14) at t ~ U{0..T-1}, and the t drawn [B]."""
-    t_key, noise_key, dropout_key = jax.random.split(rng, 3)
-    t = jax.random.randint(t_key, (x0.shape[0],), 0, self.timesteps)  # Algorithm 1, line 3
-    noise = jax.random.normal(noise_key, x0.shape)
-    x_t = schedules.q_sample(self.schedule, x0, t, noise)
-    out = self._denoiser(params, labels, dropout_key, train)(x_t, t)
-    target = schedules.training_target(self.schedule, x0, t, noise, self.target)
-    return jnp.mean(jnp.square(out - target), axis=(1, 2, 3)), t
+    """The objective's per-example loss [B] and the noise level drawn [B].
+
+    The objective splits rng into (time, noise, the caller's) keys; the third is the dropout key,
+    so for DDPM these are exactly the draws of Algorithm 1 (t ~ U{0..T-1}, eps ~ N(0, I)).
+    """
+    net_fn = self._net_fn(params, labels, obj.caller_key(rng), train)
+    per_example, aux = self.objective.loss(net_fn, x0, rng)
+    return per_example, aux["t"]
 
   def _bucketed(self, per_example: jax.Array, t: jax.Array) -> Metrics:
-    """Loss by timestep range, ``mse_t/0000-0099`` ...; NaN where the batch has no such t."""
+    """Loss by noise level: DDPM ``mse_t/0000-0099`` ... (integer t); continuous objectives
+    ``loss_t/0.0-0.1`` ... over the fraction of t_max (EDM: of log sigma between sigma_min and
+    sigma_max). NaN where the batch has no such level."""
     n = self.loss_buckets
     if n <= 0:
       return {}
-    width = math.ceil(self.timesteps / n)
-    bucket = t // width
+    if isinstance(self.objective, obj.DDPMObjective):
+      width = math.ceil(self.timesteps / n)
+      bucket = t // width
+      names = [
+        f"mse_t/{k * width:04d}-{min((k + 1) * width, self.timesteps) - 1:04d}" for k in range(n)
+      ]
+    else:
+      if isinstance(self.objective, obj.EDMObjective):
+        lo, hi = math.log(self.objective.sigma_min), math.log(self.objective.sigma_max)
+        frac = (jnp.log(jnp.maximum(t, 1e-12)) - lo) / (hi - lo)
+      else:
+        frac = t / self.objective.t_max
+      bucket = jnp.clip(jnp.floor(frac * n), 0, n - 1).astype(jnp.int32)
+      names = [f"loss_t/{k / n:.1f}-{(k + 1) / n:.1f}" for k in range(n)]
     out = {}
-    for k in range(n):
+    for k, name in enumerate(names):
       mask = (bucket == k).astype(jnp.float32)
       count = jnp.sum(mask)
       value = jnp.sum(per_example * mask) / jnp.maximum(count, 1.0)
-      name = f"mse_t/{k * width:04d}-{min((k + 1) * width, self.timesteps) - 1:04d}"
       out[name] = jnp.where(count > 0, value, jnp.nan)
     return out
+
+  def model_fn(self, params: Any, labels: jax.Array | None) -> Callable[..., jax.Array]:
+    """The sampling network (x_in, c_noise) -> output, guided when ``guidance_scale`` != 0."""
+    cond = self._net_fn(params, labels)
+    if labels is None or self.sampling.guidance_scale == 0:
+      return cond  # w = 0 is the conditional model itself (one pass, not two)
+    uncond = self._net_fn(params, jnp.full(labels.shape, self.null_label, jnp.int32))
+    return ode_samplers.guided(cond, uncond, self.sampling.guidance_scale)
 
   def sample(
     self, variables: Variables, rng: jax.Array, num: int, labels: jax.Array | None = None
   ) -> dict[str, jax.Array]:
-    cfg = self.sampling
-    params = variables["model"]["params"]
     label_key, sample_key = jax.random.split(rng)
     out: dict[str, jax.Array] = {}
     if self.num_classes is not None:
       if labels is None:  # a grid that cycles through the classes
         labels = jnp.arange(num, dtype=jnp.int32) % self.num_classes
       out["labels"] = labels
-      cond = self._denoiser(params, labels)
-      uncond = self._denoiser(params, jnp.full((num,), self.null_label, jnp.int32))
-      denoise = samplers.guided(cond, uncond, cfg.guidance_scale)
     else:
       del label_key
-      denoise = self._denoiser(params, None)
-    shape = (num, *self.image_shape)
-    if cfg.sampler == "ddpm":
-      x0 = samplers.ddpm_sample(
-        sample_key, self.schedule, denoise, shape, self.target, cfg.variance, cfg.clip_x0
-      )
-    else:
-      x0 = samplers.ddim_sample(
-        sample_key, self.schedule, denoise, shape, self.target, cfg.steps, cfg.eta, cfg.clip_x0
-      )
+    model_fn = self.model_fn(variables["model"]["params"], labels)
+    x0, _ = diffusion_sampling.draw(
+      self.sampling, self.objective, model_fn, sample_key, (num, *self.image_shape)
+    )
     out["images"] = pixels.from_signed(x0)
     return out
 
   def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Metrics:
-    """Masked sums over one eval batch of the bound's terms (bits/dim) and of L_simple."""
+    """Masked sums over one eval batch: the objective's loss and the model's likelihood terms."""
     params = variables["model"]["params"]
     x0 = pixels.to_signed(batch["image"])
     labels = self._labels(batch)
-    denoise = self._denoiser(params, labels)
-    bound = likelihood.bound_bpd(
-      rng, self.schedule, denoise, x0, self.target, self.eval_variance, self.eval_timesteps
-    )
-    mse, _ = self.simple_loss(params, x0, labels, jax.random.fold_in(rng, 1), train=False)
-    bound["l_simple"] = mse
-    return masked_sums(bound, batch["mask"])
+    per_example, _ = self.objective_loss(params, x0, labels, jax.random.fold_in(rng, 1), False)
+    if isinstance(self.objective, obj.DDPMObjective):
+      terms = likelihood.bound_bpd(
+        rng, self.schedule, self._denoiser(params, labels), x0, self.target,
+        self.eval_variance, self.eval_timesteps,
+      )  # fmt: skip
+      terms["l_simple"] = per_example
+    else:
+      terms = {"loss": per_example}
+      if self.likelihood_steps and not isinstance(self.objective, obj.EDMObjective):
+        bpd, _ = flow_likelihood.bits_per_dim(
+          jax.random.fold_in(rng, 2), self.objective, self._net_fn(params, labels),
+          batch["image"], self.likelihood_steps, method="heun",
+        )  # fmt: skip
+        terms["ode_bpd"] = bpd
+    return masked_sums(terms, batch["mask"])
 
   def eval_summary(self, totals: dict[str, np.ndarray]) -> dict[str, float]:
-    """The variational bound in bits/dim (Ho et al. eq. 5) and L_simple on the held-out split."""
-    return {**means(totals), "bound_terms_evaluated": min(self.eval_timesteps, self.timesteps)}
+    out = means(totals)
+    if isinstance(self.objective, obj.DDPMObjective):
+      out["bound_terms_evaluated"] = min(self.eval_timesteps, self.timesteps)
+    elif "ode_bpd" in out:
+      out["ode_bpd_steps"] = self.likelihood_steps
+    return out
+
+
+def make_objective(tc: Any) -> tuple[Any, tuple[str, ...]]:
+  """The objective of ``config.task`` and the task keys it consumed."""
+  name = tc.get("objective", "ddpm")
+  if name not in OBJECTIVES:
+    raise UserError(f"unknown config.task.objective {name!r}; use one of {sorted(OBJECTIVES)}")
+  if name == "ddpm":
+    target = tc.get("target", "eps")
+    if target not in schedules.TARGETS:
+      raise UserError(f"unknown target {target!r} in config.task.target; use eps or v")
+    schedule = schedules.make_schedule(tc.get("schedule", "linear"), tc.get("timesteps", 1000))
+    return obj.DDPMObjective(schedule, target), ("objective", "schedule", "timesteps", "target")
+  cls = OBJECTIVES[name]
+  keys = tuple(f.name for f in dataclasses.fields(cls))
+  section = {k: v for k, v in tc.items() if k in keys}
+  return cls(**options(cls, section)), ("objective", *keys)
 
 
 @TASKS.register("diffusion")
 def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
   tc = config.task
-  computed = ("net", "schedule", "image_shape", "num_classes", "sampling")
-  opts = options(DiffusionTask, tc, computed=(*computed, "timesteps", "conditional"))
-  if opts.get("target", DiffusionTask.target) not in schedules.TARGETS:
-    raise UserError(f"unknown target {opts['target']!r} in config.task.target; use eps or v")
+  objective, consumed = make_objective(tc)
+  computed = ("net", "objective", "image_shape", "num_classes", "sampling")
+  opts = options(DiffusionTask, tc, computed=(*computed, *consumed, "conditional"))
   num_classes = None
   if tc.get("conditional", False):
     if not info.num_classes:
@@ -199,14 +273,11 @@ def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
       )
     num_classes = info.num_classes
   sampling = SamplerConfig(**options(SamplerConfig, config.sample, strict=False))
-  if sampling.sampler not in ("ddim", "ddpm"):
-    raise UserError(
-      f"unknown sampler {sampling.sampler!r} in config.sample.sampler; use ddim or ddpm"
-    )
+  diffusion_sampling.check(sampling, objective)
   fields = {**config.model.to_dict(), "num_classes": num_classes}
   return DiffusionTask(
     net=build_module(fields),
-    schedule=schedules.make_schedule(tc.get("schedule", "linear"), tc.get("timesteps", 1000)),
+    objective=objective,
     image_shape=info.image_shape,
     num_classes=num_classes,
     sampling=sampling,
