@@ -161,6 +161,30 @@ def test_the_trained_model_loads_with_its_tokenizer(trained, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("devices", [3, 6])
+def test_the_reranker_loads_on_device_counts_its_training_batch_does_not_divide(trained, devices):
+  """load_trained checks nothing against the run's training batch (256 here): a DALL-E job on 3
+  or 6 devices loads its CLIP reranker (it used to fail on CLIP's batch size)."""
+  import subprocess
+  import sys
+
+  from tests.run_helpers import subprocess_env
+
+  workdir, _ = trained
+  code = (
+    "import jax; from research.train.restore import load_trained; "
+    f"t = load_trained({workdir!r}, task_name='clip'); "
+    "print(jax.device_count(), type(t.task).__name__, t.step)"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
+    env=subprocess_env("", devices=devices),
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == [str(devices), "CLIPTask", "160"]
+
+
+@pytest.mark.slow
 def test_dalle_reranking_with_the_trained_clip_keeps_the_matching_canvas(trained):
   """The paper's reranking through `DalleTask.generate_images` and the trained CLIP: for each
   held-out caption, 8 candidate canvases (its own real canvas among 7 others) stand in for the

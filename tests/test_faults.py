@@ -450,3 +450,20 @@ def test_a_real_full_disk_during_a_save(tmp_path, data_dir, reference):
   assert "No space left on device" in errors[0] and "(step 4) is kept" in errors[0]
   assert not foreign_lines((out / "resumed.err").read_text())
   assert_same(final_params(str(out / "run"), data_dir), reference)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_without_dataset_metadata_still_loads(tmp_path, data_dir):
+  """Checkpoints written before the dataset metadata was saved beside the state (no `dataset`
+  item) load through the one loader and the eval mode, their metadata read from TFDS."""
+  from research.train.restore import load_trained
+
+  workdir = str(tmp_path / "old")
+  run_main(workdir, data_dir, "--config.train.num_steps=4")
+  step_dir = os.path.join(workdir, "checkpoints", "4")
+  shutil.rmtree(os.path.join(step_dir, "dataset"))  # what an older checkpoint looks like
+  trained = load_trained(workdir)
+  assert trained.step == 4 and trained.info.image_shape == (8, 8, 1)
+  assert trained.info.num_classes == 10 and trained.info.num_eval == 359
+  proc = run_main(workdir, data_dir, "--mode=eval")
+  assert '"num_examples": 359.0' in proc.stdout
