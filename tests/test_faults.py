@@ -333,6 +333,25 @@ def test_save_errors_surface_at_wait_and_close_as_user_errors(tmp_path, monkeypa
     assert Checkpointer(str(tmp_path / where), save_every=1).steps() == [1]
 
 
+def test_the_log_filter_drops_asyncio_reports_of_a_failed_write_and_keeps_others():
+  """What CI once printed on a real full disk: asyncio's "Future exception was never retrieved"
+  for a sibling TensorStore write, with no Orbax frame in its traceback, but the errno in its
+  text. It is the failure `Checkpointer` already reported in one line; other asyncio errors stay."""
+  import logging
+
+  from research.train.faults import _LOG_FILTER
+
+  def record(message: str, exc: BaseException) -> logging.LogRecord:
+    return logging.LogRecord(
+      "asyncio", logging.ERROR, "base_events.py", 1771, message, (), (type(exc), exc, None)
+    )
+
+  enospc = ValueError("RESOURCE_EXHAUSTED: Error writing ... [os_error_code='28']")
+  assert not _LOG_FILTER.filter(record("Future exception was never retrieved\nfuture: <F>", enospc))
+  assert _LOG_FILTER.filter(record("Future exception was never retrieved", ValueError("a bug")))
+  assert _LOG_FILTER.filter(record("Exception in callback f()", enospc))
+
+
 # Workdirs that cannot hold a run ------------------------------------------------------------------
 
 

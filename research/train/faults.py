@@ -113,14 +113,18 @@ def _through_orbax(tb: Any) -> bool:
 class _AbortedIOLogFilter(logging.Filter):
   """Drops the multi-line log reports (tracebacks) of Orbax I/O that failed, which `Checkpointer`
   raises as one line: Orbax's own reports of a save that failed on the filesystem (absl logger),
-  and asyncio's "Task exception was never retrieved" for Orbax's sibling reads of a damaged
-  checkpoint, abandoned once the first one failed (asyncio logger)."""
+  and asyncio's "Task/Future exception was never retrieved" for Orbax's sibling reads of a damaged
+  checkpoint, abandoned once the first one failed, and for TensorStore's sibling writes of a save
+  that ran out of space (whose traceback may not pass through Orbax, but whose error carries the
+  errno) (asyncio logger)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not record.exc_info:
       return True
     if record.name == "asyncio":
-      return not _through_orbax(record.exc_info[2])
+      exc, tb = record.exc_info[1], record.exc_info[2]
+      never_retrieved = "never retrieved" in str(record.msg)
+      return not (_through_orbax(tb) or (never_retrieved and fs_errno(exc) is not None))
     return "orbax" not in record.pathname or fs_errno(record.exc_info[1]) is None
 
 
