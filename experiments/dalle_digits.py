@@ -14,8 +14,8 @@ Stage 1 first (a dVAE; the one of dvae_mnist.py is fully convolutional, so its f
 Reranking with a CLIP model of the project (experiments/clip_digits.py): add
 ``--config.sample.rerank_workdir=workdirs/clip_digits --config.sample.candidates=8``. Guidance
 (dalle-mini's super conditioning): ``--config.sample.guidance_scale=3``. Caption-digit agreement in
-eval: ``--config.evals.caption_digits.judge=digits_classifier`` (a trained digits classifier, see
-experiments/digits_classifier.py).
+eval is judged by the digits classifier (trained once into its cache the first time; see
+experiments/digits_classifier.py); ``--config.evals.caption_digits.judge=`` turns it off.
 
 Measured (runlocal, 600 steps, ~4 min here, over dvae_mnist:runlocal's 3,000-step dVAE; eval on
 256 held-out captions, 682 digit cells; chance agreement 0.10, real canvases 0.98): agreement 0.21 /
@@ -113,9 +113,10 @@ def get_config(arg=None):
   c.sample.rerank_workdir = ""  # a clip_digits workdir
   c.sample.candidates = 8
   c.eval.batch_size = 250
-  # Caption-digit agreement and cell FID in eval: judge = a feature network, e.g.
-  # "digits_classifier" (a trained digits classifier, see experiments/digits_classifier.py).
-  c.evals.caption_digits = {"judge": "", "num_captions": 256}
+  # Caption-digit agreement and cell FID in eval, judged by a feature network: the digits
+  # classifier (trained once into its cache when missing, see research/eval/classifier_cache.py);
+  # "" turns the judge off.
+  c.evals.caption_digits = {"judge": "digits_classifier", "num_captions": 256}
 
   if arg.runlocal:
     c.batch_size = 32

@@ -70,7 +70,7 @@ def get_config(arg=None):
     c.sample.grid_size = 100  # 10 x 10: column j is class j
     c.sample.num_samples = 80
   c.eval.batch_size = 256
-  c.eval.feature_net = "digits_classifier"  # skipped with a note until it is trained
+  c.eval.feature_net = "digits_classifier"  # trained once into its cache when missing
 
   if arg.runlocal:
     c.batch_size = 64

@@ -72,7 +72,7 @@ def get_config(arg=None):
     }
   )
   c.eval.batch_size = 256
-  c.eval.feature_net = "digits_classifier"  # skipped with a note until it is trained
+  c.eval.feature_net = "digits_classifier"  # trained once into its cache when missing
 
   if arg.runlocal:
     # The quick start (research.config.digits_diffusion_quick_start); the paper's objective kept.

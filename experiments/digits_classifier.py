@@ -10,10 +10,11 @@ training digits of offline_mnist (28x28), random translations of up to 2 pixels.
   python -m research.main --config=experiments/digits_classifier.py --workdir=workdirs/digits_classifier \
       --mode=eval
 
-The digits experiments (vae_mnist, ddpm_mnist, dcgan_mnist) look for it in
-workdirs/digits_classifier (or config.eval.classifier_workdir, or $RESEARCH_DIGITS_CLASSIFIER).
-``data=offline_digits`` trains one for the 8x8 digits (point config.eval.classifier_workdir of an
-8x8 experiment at it):
+The digits experiments (vae_mnist, ddpm_mnist, flow_mnist, dcgan_mnist, ...) and DALL-E's caption
+judge train it themselves the first time they need it, into a shared cache
+(research/eval/classifier_cache.py: $RESEARCH_DIGITS_CLASSIFIER, else
+~/.cache/research/digits_classifier/<data>), or use config.eval.classifier_workdir. ``data=offline_digits``
+trains one for the 8x8 digits (what config.eval.classifier_data='offline_digits' picks):
 
   python -m research.main --config=experiments/digits_classifier.py:data=offline_digits \
       --workdir=workdirs/digits_classifier_8x8

@@ -77,6 +77,8 @@ def get_config(arg=None):
   c.sample.num_samples = 64
   c.sample.grid_size = 64
   c.eval.batch_size = 128
+  c.eval.feature_net = "digits_classifier"  # its 8x8 classifier, trained once when missing
+  c.eval.classifier_data = "offline_digits"
 
   if arg.runlocal:
     c.batch_size = 64  # dis_bs 32

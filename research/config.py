@@ -110,7 +110,12 @@ def base_config() -> ml_collections.ConfigDict:
       "num_samples": 1_000,  # scored by --mode=eval; FID is biased in N (eval.json has fid_n)
       "train_num_samples": 0,  # scored every train.eval_every steps (0 = num_samples)
       "sample_batch_size": 200,  # samples per jitted sample+features call, divisible by devices
-      "classifier_workdir": "",  # "" = $RESEARCH_DIGITS_CLASSIFIER, else workdirs/digits_classifier
+      # The digits classifier (feature_net "digits_classifier"): a workdir, or "" = the shared
+      # cache ($RESEARCH_DIGITS_CLASSIFIER, else ~/.cache/research/digits_classifier), one entry
+      # per dataset below; a missing one is trained there once (experiments/digits_classifier.py).
+      "classifier_workdir": "",
+      "classifier_data": "offline_mnist",  # "offline_digits" for 8x8 experiments
+      "classifier_steps": 400,  # training steps of an automatically trained classifier
       "reference_cache_dir": "",  # "" = $RESEARCH_REFERENCE_CACHE, else <workdir>/reference_stats
       "reference_split": "",  # real images of the reference statistics; "" = data.eval_split
       "reference_max_features": 10_000,  # real features kept for KID and precision/recall
@@ -118,6 +123,13 @@ def base_config() -> ml_collections.ConfigDict:
       "kid_subset_size": 1_000,  # capped at the smaller set
       "pr_k": 3,  # k-NN radius of precision/recall (Kynkaanniemi et al. 2019)
       "is_splits": 10,
+      # Data-copying (research/eval/memorisation.py, Meehan et al. 2020): k-means cells of the
+      # training features (0 = off), the fewest samples / held-out points a cell needs, the
+      # training features kept (0 = reference_max_features), rows of nearest_neighbours.png.
+      "memorisation_cells": 5,
+      "memorisation_min_cell": 20,
+      "memorisation_train_features": 0,
+      "nearest_neighbours": 16,
     }
   )
   return c

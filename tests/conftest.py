@@ -21,6 +21,12 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_classifier_cache(tmp_path_factory):
+  """Tests never train into (or read) the user's digits-classifier cache; subprocesses inherit it."""
+  os.environ["RESEARCH_DIGITS_CLASSIFIER"] = str(tmp_path_factory.mktemp("classifier_cache"))
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """One TFDS data_dir per test session, where the offline datasets get built once."""

@@ -1,5 +1,5 @@
 """The in-domain digits classifier: it learns, its checkpoint loads as the "digits_classifier"
-feature network, and a missing one fails with the command that trains it."""
+feature network, and a missing one is trained once into the shared cache."""
 
 from __future__ import annotations
 
@@ -54,25 +54,105 @@ def test_checkpoint_loads_as_the_feature_network(classifier_workdir, data_dir):
   np.testing.assert_allclose(out["logits"], want, rtol=1e-5, atol=1e-5)
 
 
-def test_missing_classifier_names_the_command_that_trains_it(tmp_path, monkeypatch):
+_LOAD = """
+import sys, ml_collections
+from research.eval import feature_nets
+config = ml_collections.ConfigDict({"classifier_data": "offline_digits", "classifier_steps": 30})
+net = feature_nets.FEATURE_NETS.get("digits_classifier")(config)
+total = sum(float(abs(x).sum()) for x in __import__("jax").tree.leaves(net.params))
+print(net.weights, net.input_size, total)
+"""
+
+
+@pytest.mark.slow
+def test_a_missing_classifier_is_trained_into_the_cache_once_and_reused(
+  tmp_path, data_dir, monkeypatch, capsys
+):
+  """Two processes start at once on an empty cache: one trains (one line says so, and where), the
+  other waits for it and reads the finished classifier; a third load, here, trains nothing."""
+  import os
+  import subprocess
+  import sys
+
+  import ml_collections
+
+  from research.eval import classifier_cache, feature_nets
+  from tests.run_helpers import REPO, subprocess_env
+
+  cache = tmp_path / "cache"
+  monkeypatch.setenv("RESEARCH_DIGITS_CLASSIFIER", str(cache))
+  monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+  env = subprocess_env(data_dir, RESEARCH_DIGITS_CLASSIFIER=str(cache))
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", _LOAD],
+      cwd=REPO,
+      env=env,
+      text=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+    )
+    for _ in range(2)
+  ]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+  entry = str(cache / "offline_digits-30steps")
+  said = [x for _, err in outs for x in err.splitlines() if x.startswith("training the digits")]
+  assert len(said) == 1 and entry in said[0], said
+  assert outs[0][0] == outs[1][0] and outs[0][0].startswith(f"{entry} step 30 ")  # the same net
+  assert sorted(os.listdir(cache)) == ["offline_digits-30steps", "offline_digits-30steps.lock"]
+  config = ml_collections.ConfigDict({"classifier_data": "offline_digits", "classifier_steps": 30})
+  assert classifier_cache.workdir(config) == entry
+  net = feature_nets.FEATURE_NETS.get("digits_classifier")(config)
+  assert net.input_size == 8 and "training" not in capsys.readouterr().err
+
+
+def test_a_corrupt_or_foreign_cached_classifier_is_one_line_naming_the_folder_to_delete(
+  tmp_path, monkeypatch, trained_classifier
+):
+  import shutil
+
   import ml_collections
 
   from research.eval import feature_nets
 
-  monkeypatch.delenv("RESEARCH_DIGITS_CLASSIFIER", raising=False)
-  missing = str(tmp_path / "nowhere")
-  cfg = ml_collections.ConfigDict({"classifier_workdir": missing})
-  with pytest.raises(UserError) as e:
-    feature_nets.FEATURE_NETS.get("digits_classifier")(cfg)
-  text = str(e.value)
-  assert "\n" not in text and missing in text
-  assert "python -m research.main --config=experiments/digits_classifier.py" in text
-  # The environment variable is the fallback when the config leaves the field empty.
-  monkeypatch.setenv("RESEARCH_DIGITS_CLASSIFIER", missing + "_env")
-  with pytest.raises(UserError, match="nowhere_env"):
-    feature_nets.FEATURE_NETS.get("digits_classifier")(
-      ml_collections.ConfigDict({"classifier_workdir": ""})
-    )
+  monkeypatch.setenv("RESEARCH_DIGITS_CLASSIFIER", str(tmp_path))
+  config = ml_collections.ConfigDict({"classifier_data": "offline_digits"})
+  load = feature_nets.FEATURE_NETS.get("digits_classifier")
+  entry = tmp_path / "offline_digits"
+
+  def refused(*words: str) -> None:
+    with pytest.raises(UserError) as e:
+      load(config)
+    text = str(e.value)
+    assert "\n" not in text and f"delete {entry}" in text, text
+    assert all(w in text for w in words), text
+
+  entry.mkdir()  # a folder, but no run in it: never trained into, never overwritten
+  refused("holds no trained digits classifier")
+  shutil.rmtree(entry)
+  shutil.copytree(trained_classifier("offline_digits"), entry)
+  assert load(config).input_size == 8  # a good entry loads
+  for config_json in entry.glob("checkpoints/*/config/*"):  # of another family
+    config_json.write_text(config_json.read_text().replace('"classifier"', '"vae"'))
+  refused("'vae' run, not 'classifier'")
+  shutil.rmtree(entry)
+  shutil.copytree(trained_classifier("offline_digits"), entry)
+  for f in entry.glob("checkpoints/*/state/**/*"):  # its weights damaged
+    if f.is_file():
+      f.write_bytes(b"garbage")
+  refused("cannot be used")
+
+
+def test_no_feature_net_trains_no_classifier(tmp_path, monkeypatch):
+  from research.config import base_config
+  from research.eval import sample_and_score
+
+  monkeypatch.setenv("RESEARCH_DIGITS_CLASSIFIER", str(tmp_path / "cache"))
+  config = base_config()
+  config.eval.feature_net = ""
+  assert sample_and_score.load_feature_net(config) is None
+  assert not (tmp_path / "cache").exists()
 
 
 def test_translation_augmentation_moves_digits_within_the_shift():

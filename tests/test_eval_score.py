@@ -233,17 +233,18 @@ def test_eval_mode_and_training_eval_write_sample_metrics(tmp_path, setting, dat
     assert key in results, results
   assert results["iwae8_nll_nats"] > 0  # the task's own metrics are still there
   assert json.load(open(results["reference_stats"]))["num_images"] == 359
-  # No trained classifier: the likelihood metrics are still written, with a note and the command
-  # (in this process: what research.main runs for --mode=eval).
+  # An unusable classifier (a folder without a run): the likelihood metrics are still written,
+  # with a note naming the folder to delete (in this process: what research.main runs for eval).
   from research.eval import run as eval_run
 
   cfg = ml_collections.ConfigDict(config.to_dict())
-  cfg.eval.classifier_workdir = str(tmp_path / "none")
+  cfg.eval.classifier_workdir = str(tmp_path / "empty")
+  os.mkdir(cfg.eval.classifier_workdir)
   eval_run.run_eval(cfg, workdir)
   assert "note: sample metrics skipped" in capsys.readouterr().err
   results = json.load(open(os.path.join(workdir, "eval.json")))
   assert "fid" not in results and "iwae8_nll_nats" in results
-  assert "digits_classifier.py" in results["sample_metrics_skipped"]
+  assert f"delete {tmp_path / 'empty'}" in results["sample_metrics_skipped"]
 
 
 def _event_tags(folder: str) -> set[str]:

@@ -327,6 +327,7 @@ def test_dcgan_mnist_runlocal_trains_and_samples(tmp_path, data_dir):
     "--config.train.log_every=3",
     "--config.sample.num_samples=16",
     "--config.eval.batch_size=200",
+    "--config.eval.classifier_steps=30",  # the nearest-neighbour picture's classifier, in seconds
   ]
   _run_main(workdir, data_dir, "--config.train.num_steps=6", *flags)
   assert sorted(os.listdir(tmp_path / "samples")) == ["step_0000003.png", "step_0000006.png"]
@@ -334,3 +335,4 @@ def test_dcgan_mnist_runlocal_trains_and_samples(tmp_path, data_dir):
   samples = np.load(tmp_path / "samples.npz")
   assert samples["images"].shape == (16, 28, 28, 1) and samples["images"].dtype == np.uint8
   assert os.path.exists(tmp_path / "samples.png")
+  assert os.path.exists(tmp_path / "nearest_neighbours.png")

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from research.errors import UserError
+from research.eval import classifier_cache
 from research.registry import FEATURE_NETS
 from research.train import restore
 
@@ -112,36 +113,23 @@ def inception_v3(
 FEATURE_NETS.register("inception_v3")(inception_v3)
 
 # ---- the project's digits classifier ----------------------------------------------------------------
-DIGITS_ENV = "RESEARCH_DIGITS_CLASSIFIER"
-DIGITS_DEFAULT_WORKDIR = "workdirs/digits_classifier"
-DIGITS_TRAIN_COMMAND = (
-  "python -m research.main --config=experiments/digits_classifier.py --workdir={workdir}"
-)
-
-
-def classifier_workdir(eval_config: ml_collections.ConfigDict | None) -> str:
-  """config.eval.classifier_workdir, else $RESEARCH_DIGITS_CLASSIFIER, else workdirs/digits_classifier."""
-  return (
-    str(_eval_field(eval_config, "classifier_workdir", ""))
-    or os.environ.get(DIGITS_ENV)
-    or DIGITS_DEFAULT_WORKDIR
-  )
 
 
 @FEATURE_NETS.register("digits_classifier")
 def digits_classifier(eval_config: ml_collections.ConfigDict | None = None) -> FeatureNet:
   """The trained digits classifier: penultimate features [B, hidden] and logits [B, K].
 
-  It takes images at the size it was trained on (no resize): 28x28 for offline_mnist.
+  It takes images at the size it was trained on (no resize): 28x28 for offline_mnist. A missing
+  one is trained first (`research.eval.classifier_cache`: once, into a shared cache).
   """
-  workdir = classifier_workdir(eval_config)
+  workdir = classifier_cache.ensure_trained(eval_config)  # trained once when missing
   try:
     trained = restore.load_trained(workdir, task_name="classifier")
-  except restore.NoCheckpoint:
+  except UserError as e:
     raise UserError(
-      f"no trained digits classifier in {workdir}; train it with: "
-      f"{DIGITS_TRAIN_COMMAND.format(workdir=workdir)} (or set config.eval.classifier_workdir or "
-      f"${DIGITS_ENV}; config.eval.feature_net='' turns the classifier metrics off)"
+      f"the digits classifier in {workdir} cannot be used ({e}); delete {workdir} and it is "
+      "trained again (or set config.eval.classifier_workdir; config.eval.feature_net='' turns the "
+      "classifier metrics off)"
     ) from None
   task, params = trained.task, trained.variables["model"]["params"]
 

@@ -72,6 +72,19 @@ def reference_split(config: ml_collections.ConfigDict) -> str:
   return str(config.eval.get("reference_split") or "") or config.data.eval_split
 
 
+def training_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` whose reference statistics are those of the training split (``config.data.split``),
+  keeping ``config.eval.memorisation_train_features`` features (0: reference_max_features):
+  the training set of the data-copying metrics (`research.eval.memorisation`), cached as any
+  other entry."""
+  out = ml_collections.ConfigDict(config.to_dict())
+  out.eval.reference_split = config.data.split
+  keep = int(config.eval.get("memorisation_train_features") or 0)
+  if keep:
+    out.eval.reference_max_features = keep
+  return out
+
+
 def _split_data_config(config: ml_collections.ConfigDict, split: str) -> ml_collections.ConfigDict:
   """config.data reading `split` as its eval split (one pass, padded batches with a mask)."""
   out = ml_collections.ConfigDict(config.data.to_dict())

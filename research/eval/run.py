@@ -5,13 +5,15 @@ each jitted function compiles once: the task's held-out metrics (`research.eval.
 evaluators the experiment names in ``config.evals`` (dataset-specific judges, chosen by name as
 big_vision's evaluators), and, when ``config.eval.feature_net`` names a feature network, the sample
 metrics of `research.eval.sample_and_score` on ``config.eval.num_samples`` samples (FID with
-``fid_n``, KID, precision/recall, classifier score, class histogram and entropy, label agreement).
+``fid_n``, KID, precision/recall, classifier score, class histogram and entropy, label agreement,
+data-copying: `research.eval.memorisation`).
 
 ``--mode=sample`` writes ``<workdir>/samples.npz`` (``images`` uint8 [N, H, W, C]; ``labels`` when
 conditional) and ``<workdir>/samples.png``, plus the family's own pictures (reconstructions,
-interpolations). ``--mode=eval`` writes ``<workdir>/eval.json`` and prints it. Both restore the
-parameters (EMA when ``config.sample.use_ema``) of the workdir's latest checkpoint, not its
-optimizer state.
+interpolations), and with a feature network ``<workdir>/nearest_neighbours.png``: the first samples
+beside their nearest training images in its feature space (`research.eval.nearest_neighbours`).
+``--mode=eval`` writes ``<workdir>/eval.json`` and prints it. Both restore the parameters (EMA
+when ``config.sample.use_ema``) of the workdir's latest checkpoint, not its optimizer state.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from jax.sharding import Mesh
 from research import data
 from research.errors import UserError
 from research.eval import images as image_io
-from research.eval import sample_and_score
+from research.eval import nearest_neighbours, sample_and_score
 from research.eval.heldout import HeldOut
 from research.registry import EVALUATORS
 from research.tasks.base import Batch, Task, Variables
@@ -150,5 +152,8 @@ def run_sample(config: ml_collections.ConfigDict, workdir: str) -> dict[str, np.
     for name, picture in pictures.items():
       image_io.save_png(np.asarray(picture), path / name, scale=2)
       written.append(str(path / name))
+  neighbours = nearest_neighbours.write(config, inf.mesh, inf.info.image_shape, out["images"], path)
+  if jax.process_index() == 0:
+    written += [neighbours] if neighbours else []
     print("wrote " + ", ".join(written), file=sys.stderr)
   return out

@@ -14,7 +14,13 @@ reference statistics of real images (`research.eval.reference_stats`):
   often; low = mode collapse), with ``class_fraction/<k>`` the histogram itself;
 - ``confident_fraction``: the share of samples the network reads with a maximum softmax probability
   of at least ``CONFIDENT`` (0.9): a digit the classifier recognises, not a smudge between classes;
-- ``label_agreement``: for class-conditional samples, the fraction classified as their label.
+- ``label_agreement``: for class-conditional samples, the fraction classified as their label;
+- ``copying_z``, ``copy_fraction``, ``nn_train_distance_median`` (+ ``_heldout``), ``copying_cells``
+  and ``nn_train_n``: data-copying (Meehan et al. 2020; `research.eval.memorisation`), the samples'
+  distances to their nearest training features against the held-out reference features'. The
+  training features are the reference statistics of ``config.data.split``
+  (`reference_stats.training_config`); ``config.eval.memorisation_cells`` (5) k-means cells, 0 =
+  off; skipped, with a note, when the reference split is the training split itself.
 
 Conventions (recorded with the reference statistics): samples must be uint8 (the Task protocol), so
 generated and real images are quantised the same way before the network; the network resizes
@@ -37,7 +43,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from research.errors import UserError
-from research.eval import feature_nets, metrics, reference_stats
+from research.eval import feature_nets, memorisation, metrics, reference_stats
 from research.tasks.base import Task, Variables
 from research.train import sharding as shd
 
@@ -56,7 +62,8 @@ def check_input(net: feature_nets.FeatureNet, image_shape: tuple[int, ...], what
     raise UserError(
       f"feature network {net.name} ({net.weights}) takes {net.input_size}x{net.input_size} images "
       f"but {what} are {image_shape[0]}x{image_shape[1]}; use a feature network trained at this "
-      "size (config.eval.classifier_workdir) or config.eval.feature_net=''"
+      "size (the digits classifier: config.eval.classifier_data='offline_digits' for 8x8, or "
+      "config.eval.classifier_workdir) or config.eval.feature_net=''"
     )
 
 
@@ -148,6 +155,7 @@ class Scorer:
   _compiled: Any = None
   _net_params: Any = None
   _reference: reference_stats.ReferenceStats | None = None
+  _copying: Any = None  # memorisation.CopyingReference, or False when off / not measurable
 
   @classmethod
   def create(
@@ -172,6 +180,32 @@ class Scorer:
         self.config, self.mesh, self.net, self.workdir
       )
     return self._reference
+
+  def copying_reference(self) -> memorisation.CopyingReference | None:
+    """Training features in k-means cells and the held-out features' distances to them (once);
+    None when config.eval.memorisation_cells is 0 or the reference split is the training split."""
+    if self._copying is None:
+      self._copying = False
+      cells = int(self.config.eval.get("memorisation_cells", 5))
+      split = self.config.data.split
+      if cells and reference_stats.reference_split(self.config) == split:
+        if jax.process_index() == 0:
+          print(
+            f"note: memorisation metrics skipped: the reference split is the training split "
+            f"{split!r}, so there is no held-out set to compare with",
+            file=sys.stderr,
+          )
+      elif cells:
+        train = reference_stats.get_or_compute(
+          reference_stats.training_config(self.config), self.mesh, self.net, self.workdir
+        )
+        self._copying = memorisation.prepare(
+          train.features,  # [n_T, D]
+          self.reference().features,  # [n_P, D]
+          num_cells=cells,
+          min_cell=int(self.config.eval.get("memorisation_min_cell", memorisation.MIN_CELL)),
+        )
+    return self._copying or None
 
   def _params(self) -> Any:
     if self._net_params is None:
@@ -223,6 +257,7 @@ class Scorer:
   def score(self, variables: Variables, rng: jax.Array, num: int) -> dict[str, float]:
     """Sample metrics of `num` samples, plus the time taken and its images/s."""
     reference = self.reference()
+    copying = self.copying_reference()
     start = time.time()
     self._compile(variables, rng)
     compiled = time.time()
@@ -231,6 +266,8 @@ class Scorer:
     results = feature_metrics(
       reference, out["features"], out["logits"], out.get("labels"), self.config.eval
     )
+    if copying is not None:
+      results.update(memorisation.copying_metrics(copying, out["features"]))
     results["compile_seconds"] = compiled - start
     results["samples_and_features_per_sec"] = num / max(generated - compiled, 1e-9)
     results["metrics_seconds"] = time.time() - generated

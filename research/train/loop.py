@@ -103,6 +103,7 @@ def _write_sample_grid(exp, sample_fn, state, step: int, writer: MetricsWriter) 
 def _eval_summary(results: dict[str, float]) -> str:
   """The headline eval numbers for the console (all of them go to TensorBoard)."""
   skip = ("class_fraction/", "_std", "kid_subset_size", "fid_reference_n", "class_entropy_max")
+  skip += ("nn_train_n", "_heldout", "copying_cells")
   shown = {k: v for k, v in results.items() if not any(s in k for s in skip)}
   return " ".join(f"{k}={v:.4g}" for k, v in shown.items())
 
