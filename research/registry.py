@@ -75,6 +75,7 @@ MODELS: Registry[Any] = Registry(
     "dcgan_generator": "research.models.gan",
     "ddpm_unet": "research.models.unet",
     "digits_cnn": "research.models.classifier",
+    "dit": "research.models.dit",
     "dvae": "research.models.dvae",
     "inception_v3_fid": "research.models.inception",
     "mlp_discriminator": "research.models.gan",

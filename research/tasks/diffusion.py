@@ -115,10 +115,16 @@ class DiffusionTask(ModelTask):
     t = jnp.full((x.shape[0],), self.objective.t_max, jnp.float32)
     x_in, c_noise = self.objective.net_inputs(x, t)
     params_key, dropout_key = jax.random.split(rng)
-    variables = self.net.init(
-      {"params": params_key, "dropout": dropout_key}, x_in, c_noise, self._labels(batch),
-      train=False,
-    )  # fmt: skip
+    args = (x_in, c_noise, self._labels(batch))
+    out = jax.eval_shape(lambda: self.net.apply(self.net.init(rng, *args, train=False), *args,
+                                                train=False))  # fmt: skip
+    if tuple(out.shape) != tuple(x.shape):
+      raise UserError(
+        f"the network predicts {tuple(out.shape)} for images {tuple(x.shape)}; the objectives "
+        "need a prediction of the image's shape (learned variance is not trained: set "
+        "model.learn_sigma=False, and model.out_channels to the image's channels or leave it unset)"
+      )
+    variables = self.net.init({"params": params_key, "dropout": dropout_key}, *args, train=False)
     return {"model": variables}
 
   def loss(
