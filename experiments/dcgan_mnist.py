@@ -12,10 +12,11 @@ non-saturating loss. Sample grids from a fixed latent batch land in <workdir>/sa
   python -m research.main --config=experiments/dcgan_mnist.py:conditional,runlocal \
       --workdir=workdirs/dcgan_mnist_cond
 
-Arguments: ``runlocal`` (a minutes-long CPU run: batch 64, 1,000 steps, resize-convolutions in G;
-recognisable digits from about step 800), ``conditional`` (class-conditional: one-hot label
-concatenated to z, projection discriminator of Miyato & Koyama 2018 with spectral norm in D; sample
-mode also writes class_grid.png), ``loss=hinge|non_saturating|minimax|wgan`` (``wgan`` is
+Arguments: ``runlocal`` (a CPU run of minutes: half widths, batch 64, resize-convolutions in G,
+10,000 steps with SNGAN's hinge loss and spectral-norm D; 6,000 when conditional),
+``conditional`` (class-conditional: one-hot label concatenated to z, projection discriminator of
+Miyato & Koyama 2018 with spectral norm in D and their hinge loss; sample mode also writes
+class_grid.png), ``loss=hinge|non_saturating|minimax|wgan`` (``wgan`` is
 WGAN-GP's recipe: gradient penalty, 5 critic updates per step on their own real batches,
 layer-normalised critic, Adam betas (0, 0.9)).
 """
@@ -24,12 +25,14 @@ from research.config import adam, base_config, parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, runlocal=False, conditional=False, loss="non_saturating")
+  arg = parse_arg(arg, runlocal=False, conditional=False, loss="")
   c = base_config()
   c.seed = 0
   c.batch_size = 128
   c.task.name = "gan"
-  c.task.loss = arg.loss
+  # The papers' losses: DCGAN's non-saturating; the projection discriminator's hinge (Miyato &
+  # Koyama 2018, sec. 5).
+  c.task.loss = arg.loss or ("hinge" if arg.conditional else "non_saturating")
   c.task.conditional = arg.conditional
   c.task.latent_dim = 100
   c.task.latent_dist = "uniform"  # the paper's z
@@ -73,12 +76,22 @@ def get_config(arg=None):
   c.eval.feature_net = "digits_classifier"  # trained once into its cache when missing
 
   if arg.runlocal:
+    # Half the paper's widths (G 32-64 channels, D 32-64): about 5x faster on XLA:CPU, so
+    # 6,000 steps (96 epochs of the 4,000 digits; 10,000 unconditional) fit the quick start;
+    # EMA 0.999 of G.
     c.batch_size = 64
-    c.train.num_steps = 1_000
-    c.train.log_every = 50
-    c.train.sample_every = 100
-    c.train.checkpoint_every = 500
-    c.train.ema_decay = 0.99
+    c.model.generator.features = 32
+    c.model.discriminator.features = 32
+    c.train.num_steps = 6_000 if arg.conditional else 10_000
+    if not arg.conditional and not arg.loss:
+      # SNGAN's recipe (Miyato et al. 2018): hinge loss, spectral norm in D instead of BatchNorm
+      # (at 6,000 steps: FID 29 vs 39 with the paper's BatchNorm D and non-saturating loss).
+      c.task.loss = "hinge"
+      c.model.discriminator.update({"norm": "none", "spectral_norm": True})
+    c.train.log_every = 100
+    c.train.sample_every = 1_000
+    c.train.checkpoint_every = 2_000
+    c.train.ema_decay = 0.999
     # Nearest-neighbour x2 + 3x3 convolutions instead of the paper's transposed convolutions:
     # XLA:CPU runs this step about twice as fast (the full config keeps the paper's layers).
     c.model.generator.upsample = "resize"

@@ -227,6 +227,12 @@ def test_config_mistakes_are_one_line_user_errors(overrides, message):
     gan_task.make_gan_task(config, info)
 
 
+def test_each_dcgan_variant_defaults_to_its_papers_loss():
+  assert _load("dcgan_mnist", "").task.loss == "non_saturating"  # Radford et al.
+  assert _load("dcgan_mnist", "conditional").task.loss == "hinge"  # Miyato & Koyama
+  assert _load("dcgan_mnist", "conditional,loss=minimax").task.loss == "minimax"
+
+
 def test_conditional_needs_labels():
   config = _load("dcgan_mnist", "conditional")
   with pytest.raises(UserError, match="has no labels"):
