@@ -26,7 +26,7 @@ Arguments: ``runlocal``, ``conditional``, ``objective=flow|ddpm|edm``, ``bf16`` 
 
 import ml_collections
 
-from research.config import adam, base_config, parse_arg
+from research.config import adam, base_config, parse_arg, quick_start_schedule
 
 SAMPLERS = {"flow": "heun", "edm": "heun", "ddpm": "ddim"}
 
@@ -103,15 +103,7 @@ def get_config(arg=None):
         "grad_clip_norm": 1.0,
       }
     )
-    c.train.update(
-      {
-        "num_steps": num_steps,
-        "log_every": 100,
-        "sample_every": num_steps // 2,
-        "checkpoint_every": num_steps // 4,
-        "ema_decay": 0.998,
-      }
-    )
+    quick_start_schedule(c, num_steps)
     if arg.objective == "flow":
       c.task.likelihood_steps = 8
     if arg.objective == "ddpm":

@@ -176,6 +176,12 @@ def digits_diffusion_quick_start(c: ml_collections.ConfigDict, num_steps: int = 
   c.optim.model.update(
     {"learning_rate": 2e-3, "warmup_steps": 100, "schedule": "cosine", "end_lr_factor": 0.05}
   )
+  quick_start_schedule(c, num_steps)
+
+
+def quick_start_schedule(c: ml_collections.ConfigDict, num_steps: int) -> None:
+  """A CPU quick start's run: `num_steps` steps, logs every 100, two sample grids, four
+  checkpoints, a short EMA (0.998)."""
   c.train.update(
     {
       "num_steps": num_steps,

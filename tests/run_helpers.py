@@ -168,3 +168,22 @@ def assert_same(a: dict, b: dict) -> None:
   assert a["step"] == b["step"]
   for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+def scored_vae_tiny(tmp_path_factory, data_dir: str, classifier: str, kid_subsets: int = 20):
+  """(config, feature net, mesh): the tiny VAE config scored in the features of a tiny digits
+  classifier (a workdir of the `trained_classifier` fixture), with a reference cache of its own."""
+  from research.eval import feature_nets
+  from research.train import sharding as shd
+  from tests.configs import vae_tiny
+
+  c = vae_tiny.get_config()
+  c.data.data_dir = data_dir
+  c.eval.batch_size = 128
+  c.eval.feature_net = "digits_classifier"
+  c.eval.classifier_workdir = classifier
+  c.eval.reference_cache_dir = str(tmp_path_factory.mktemp("reference_cache"))
+  c.eval.sample_batch_size = 64
+  c.eval.kid_subsets = kid_subsets
+  net = feature_nets.FEATURE_NETS.get("digits_classifier")(c.eval)
+  return c, net, shd.make_mesh()

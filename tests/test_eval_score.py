@@ -15,32 +15,13 @@ import pytest
 import scipy.ndimage
 
 from research.eval import sample_and_score as sas
-from tests.run_helpers import run_main
-
-
-def _config(data_dir: str, classifier: str, cache: str) -> ml_collections.ConfigDict:
-  from tests.configs import vae_tiny
-
-  c = vae_tiny.get_config()
-  c.data.data_dir = data_dir
-  c.eval.batch_size = 128
-  c.eval.feature_net = "digits_classifier"
-  c.eval.classifier_workdir = classifier
-  c.eval.reference_cache_dir = cache
-  c.eval.sample_batch_size = 64
-  c.eval.kid_subsets = 20
-  return c
+from tests.run_helpers import run_main, scored_vae_tiny
 
 
 @pytest.fixture(scope="module")
 def setting(tmp_path_factory, data_dir, trained_classifier):
-  from research.eval import feature_nets
-  from research.train import sharding as shd
-
   classifier = trained_classifier("offline_digits")
-  config = _config(data_dir, classifier, str(tmp_path_factory.mktemp("reference_cache")))
-  net = feature_nets.FEATURE_NETS.get("digits_classifier")(config.eval)
-  return config, net, shd.make_mesh()
+  return scored_vae_tiny(tmp_path_factory, data_dir, classifier, kid_subsets=20)
 
 
 def _split_images(config, mesh, split: str) -> tuple[np.ndarray, np.ndarray]:

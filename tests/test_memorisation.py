@@ -14,6 +14,7 @@ import pytest
 import scipy.stats
 
 from research.eval import memorisation as mem
+from tests.run_helpers import scored_vae_tiny
 
 D = 8  # synthetic feature width
 
@@ -140,29 +141,10 @@ def test_kmeans_is_deterministic_and_finds_separated_blobs():
 # ----- real digits through the tiny digits classifier -----
 
 
-def _config(data_dir: str, classifier: str, cache: str) -> ml_collections.ConfigDict:
-  from tests.configs import vae_tiny
-
-  c = vae_tiny.get_config()
-  c.data.data_dir = data_dir
-  c.eval.batch_size = 128
-  c.eval.feature_net = "digits_classifier"
-  c.eval.classifier_workdir = classifier
-  c.eval.reference_cache_dir = cache
-  c.eval.sample_batch_size = 64
-  c.eval.kid_subsets = 5
-  return c
-
-
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory, data_dir, trained_classifier):
-  from research.eval import feature_nets
-  from research.train import sharding as shd
-
   classifier = trained_classifier("offline_digits")
-  config = _config(data_dir, classifier, str(tmp_path_factory.mktemp("reference_cache")))
-  net = feature_nets.FEATURE_NETS.get("digits_classifier")(config.eval)
-  return config, net, shd.make_mesh()
+  return scored_vae_tiny(tmp_path_factory, data_dir, classifier, kid_subsets=5)
 
 
 def test_digits_training_images_score_as_copies_held_out_ones_do_not(digits):

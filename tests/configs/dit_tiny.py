@@ -1,60 +1,27 @@
-"""A DiT small enough for end-to-end tests: 8x8 offline digits, 2x2 patches (16 tokens), 2 blocks.
+"""A DiT small enough for end-to-end tests: flow_tiny.py's run (8x8 offline digits) with a DiT of
+2x2 patches (16 tokens) and 2 blocks instead of its UNet.
 
 Arguments: ``objective=ddpm|flow|edm|meanflow`` (meanflow gives the model two times),
 ``conditional``.
 """
 
-import ml_collections
-
-from research.config import adam, base_config, parse_arg
-
-SAMPLERS = {"ddpm": "ddim", "flow": "heun", "edm": "heun", "meanflow": "meanflow"}
+from research.config import adam
+from tests.configs import flow_tiny
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, objective="flow", conditional=False)
-  c = base_config()
-  c.batch_size = 32
-  c.task = ml_collections.ConfigDict(
-    {
-      "name": "diffusion",
-      "objective": arg.objective,
-      "conditional": arg.conditional,
-      "likelihood_steps": 0,
-    }
-  )
-  if arg.objective == "ddpm":
-    c.task.eval_timesteps = 8
-  c.model.update(
-    {
-      "name": "dit",
-      "patch_size": 2,
-      "hidden_size": 32,
-      "depth": 2,
-      "num_heads": 2,
-      "mlp_ratio": 4.0,
-      "num_times": 2 if arg.objective == "meanflow" else 1,
-      "dtype": "float32",
-    }
-  )
-  c.data.name = "offline_digits"
-  c.data.shuffle_buffer = 512
+  c = flow_tiny.get_config(arg)
+  c.task.likelihood_steps = 0
+  times = c.model.num_times
+  c.model = {
+    "name": "dit",
+    "patch_size": 2,
+    "hidden_size": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "mlp_ratio": 4.0,
+    "num_times": times,
+    "dtype": "float32",
+  }
   c.optim.model = adam(1e-3, warmup_steps=0, grad_clip_norm=1.0)
-  c.train.num_steps = 10
-  c.train.log_every = 10
-  c.train.sample_every = 0
-  c.train.checkpoint_every = 100
-  c.train.ema_decay = 0.0
-  c.sample.update(
-    {
-      "num_samples": 16,
-      "grid_size": 16,
-      "sampler": SAMPLERS[arg.objective],
-      "steps": 4,
-      "guidance_scale": 0.0,
-    }
-  )
-  if arg.objective == "ddpm":
-    c.sample.update({"eta": 0.0, "variance": "beta", "clip_x0": True})
-  c.eval.batch_size = 128
   return c

@@ -1,10 +1,11 @@
-"""Flow / EDM / MeanFlow small enough for end-to-end tests: 8x8 offline digits, a 2-level UNet."""
+"""Flow / EDM / MeanFlow (and DDPM) small enough for end-to-end tests: 8x8 offline digits, a
+2-level UNet."""
 
 import ml_collections
 
 from research.config import adam, base_config, parse_arg
 
-SAMPLERS = {"flow": "heun", "edm": "heun", "meanflow": "meanflow"}
+SAMPLERS = {"ddpm": "ddim", "flow": "heun", "edm": "heun", "meanflow": "meanflow"}
 
 
 def get_config(arg=None):
@@ -49,5 +50,8 @@ def get_config(arg=None):
       "guidance_scale": 0.0,
     }
   )
+  if arg.objective == "ddpm":
+    c.task.eval_timesteps = 8
+    c.sample.update({"eta": 0.0, "variance": "beta", "clip_x0": True})
   c.eval.batch_size = 128
   return c
