@@ -26,17 +26,14 @@ Arguments: ``runlocal``, ``conditional``, ``objective=flow|ddpm|edm``, ``bf16`` 
 
 import ml_collections
 
-from research.config import adam, base_config, parse_arg, quick_start_schedule
+from research.config import adam, base_config, check_choice, parse_arg, quick_start_schedule
 
 SAMPLERS = {"flow": "heun", "edm": "heun", "ddpm": "ddim"}
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False, conditional=False, objective="flow", bf16=False)
-  if arg.objective not in SAMPLERS:
-    from research.errors import UserError
-
-    raise UserError(f"dit_mnist objective={arg.objective!r}; use one of {sorted(SAMPLERS)}")
+  check_choice("objective", arg.objective, SAMPLERS)
   c = base_config()
   c.batch_size = 128
   task = {

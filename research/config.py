@@ -37,6 +37,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+def check_choice(key: str, value: Any, choices: Any) -> None:
+  """A config argument that must be one of `choices`: a one-line error otherwise."""
+  if value not in choices:
+    raise UserError(f"config argument {key}={value!r}; use one of {sorted(choices)}")
+
+
 def _convert(key: str, value: Any, default: Any) -> Any:
   if isinstance(default, bool):
     words = {"true": True, "1": True, "false": False, "0": False}

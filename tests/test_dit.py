@@ -390,3 +390,12 @@ def test_a_prediction_of_another_shape_than_the_image_is_refused_at_init(tmp_pat
     config.model.learn_sigma = True
   with pytest.raises(UserError, match=r"predicts \(.*learn_sigma=False"):
     setup.build(config, str(tmp_path))
+
+
+def test_dit_mnist_names_its_objectives_in_one_line():
+  from research.errors import UserError
+
+  with pytest.raises(
+    UserError, match=r"objective='meanflow'; use one of \['ddpm', 'edm', 'flow'\]"
+  ):
+    load_config(os.path.join(REPO, "experiments", "dit_mnist.py"), "objective=meanflow")
