@@ -15,7 +15,7 @@ FLOPs, the standard way (Kaplan et al. 2020; PaLM appendix B), per training sequ
 6 * P * S + 12 * depth * width * S^2, with P the parameters outside the embedding tables (the two
 output heads included) and the attention term for the full S x S score and value matmuls (forward
 and backward; not halved for causality, and the sparse masks are computed densely). Utilisation
-divides the achieved FLOP/s by the peak (--peak_tflops, else the table of benchmarks/train_step.py).
+divides the achieved FLOP/s by the peak (--peak_tflops, else the table of research/train/accelerators.py).
 XLA's own count of the compiled step is reported beside it.
 """
 

@@ -32,23 +32,11 @@ _IMAGE_SHAPE = flags.DEFINE_string("image_shape", None, "H,W,C; default: the dat
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Label classes; default: the dataset's.")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Dense bf16 peak per device, TFLOP/s.")
 
-# Dense bf16 peaks per device (TFLOP/s), from the vendors' data sheets.
-PEAK_TFLOPS = {
-  "H100": 989.0,
-  "H200": 989.0,
-  "A100": 312.0,
-  "TPU v4": 275.0,
-  "TPU v5 lite": 197.0,
-  "TPU v5p": 459.0,
-  "TPU v6 lite": 918.0,
-}
-
 
 def peak_tflops(device: jax.Device) -> float | None:
-  if _PEAK.value:
-    return _PEAK.value
-  kind = device.device_kind
-  return next((v for k, v in PEAK_TFLOPS.items() if k in kind), None)
+  from research.train import accelerators
+
+  return accelerators.peak_tflops(device.device_kind, _PEAK.value or 0.0)
 
 
 def dataset_info(config):
@@ -73,23 +61,18 @@ def time_step(task, optimizers, config, mesh, state, shardings, batch, steps: in
 
   Returns (state, metrics, compile seconds, XLA FLOPs per step over all devices, seconds per step).
   """
-  from research.train import sharding as shd
   from research.train.loop import step_config
-  from research.train.step import make_train_step
+  from research.train.step import jit_train_step
+  from research.train.throughput import step_flops
 
-  step = jax.jit(
-    make_train_step(task, optimizers, step_config(config), mesh),
-    donate_argnums=0,
-    in_shardings=(shardings, shd.batch_sharding(mesh)),
-    out_shardings=(shardings, shd.replicated(mesh)),
-  )
+  cfg = step_config(config)
+  step = jit_train_step(task, optimizers, cfg, mesh, shardings)
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  lowered = step.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  # XLA's cost analysis of a sharded program counts one device's share.
-  flops = float(cost.get("flops", 0.0)) * jax.device_count() if cost else 0.0
+  # The loop's count (research.train.throughput): all devices, critic repeats and micro-batches.
+  flops = step_flops(lowered, task, optimizers, cfg, mesh, shardings, state, batch) or 0.0
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)

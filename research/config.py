@@ -98,6 +98,9 @@ def base_config() -> ml_collections.ConfigDict:
       # True: a part updated n > 1 times per step gives update i its own 1/n of the batch (rows
       # i, i + n, ...), e.g. a WGAN critic's fresh real batch per iteration; False: all of it.
       "split_repeats": False,
+      # Dense bf16 TFLOP/s per device for the MFU of the progress line; 0 = the known chip's
+      # (research/train/accelerators.py), none on CPUs and unknown chips.
+      "peak_tflops": 0.0,
     }
   )
   c.optim = ml_collections.ConfigDict()  # {part: {name, learning_rate, schedule, ...}}

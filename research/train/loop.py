@@ -8,6 +8,7 @@ step fetches them.
 from __future__ import annotations
 
 import collections
+import itertools
 import signal
 import sys
 import time
@@ -26,7 +27,8 @@ from research.train import sharding as shd
 from research.train import state as state_lib
 from research.train.metrics_writer import MetricsWriter, format_progress
 from research.train.optim import make_schedule
-from research.train.step import StepConfig, make_train_step
+from research.train.step import StepConfig, jit_train_step
+from research.train.throughput import Throughput, step_flops
 
 # Steps dispatched ahead of the devices. The loop never waits on the step it just dispatched, only
 # on the one this many steps back, so the devices stay busy while the host cannot run unboundedly
@@ -121,13 +123,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
     return state
 
   batch_sharding = shd.batch_sharding(exp.mesh)
-  train_step = make_train_step(exp.task, exp.optimizers, step_config(config), exp.mesh)
-  step_fn = jax.jit(
-    train_step,
-    donate_argnums=0,
-    in_shardings=(exp.shardings, batch_sharding),
-    out_shardings=(exp.shardings, shd.replicated(exp.mesh)),
-  )
+  step_cfg = step_config(config)
+  step_fn = jit_train_step(exp.task, exp.optimizers, step_cfg, exp.mesh, exp.shardings)
   grid_size = config.sample.grid_size
   sample_fn = jax.jit(lambda v, r: exp.task.sample(v, r, grid_size))
   schedules = {p: make_schedule(config.optim[p], num_steps) for p in exp.task.parts}
@@ -150,11 +147,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
   preemption = Preemption()
   dataset = restore.dataset_json(exp.info)
   evaluation = None  # built at the first eval: its jitted functions and feature network, once
-  last_time, last_step = time.time(), start
   in_flight: collections.deque = collections.deque()
   try:
-    for step in range(start + 1, num_steps + 1):  # `step` counts completed steps
-      state, metrics = step_fn(state, next(batches))
+    # Compiled once, before the first step, so its FLOPs are counted once (MFU in the progress
+    # line) and the first interval's speed does not include the compilation.
+    first = next(batches)
+    lowered = step_fn.lower(state, first)
+    compiled_step = lowered.compile()
+    flops = step_flops(
+      lowered, exp.task, exp.optimizers, step_cfg, exp.mesh, exp.shardings, state, first
+    )
+    throughput = Throughput.create(flops, float(tc.get("peak_tflops", 0.0)))
+    last_time, last_step = time.time(), start
+    steps = range(start + 1, num_steps + 1)  # `step` counts completed steps
+    inputs = itertools.chain([first], batches)
+    del first
+    for step, batch in zip(steps, inputs, strict=False):
+      state, metrics = compiled_step(state, batch)
       in_flight.append(metrics)
       if len(in_flight) > MAX_STEPS_IN_FLIGHT:
         jax.block_until_ready(in_flight.popleft())
@@ -165,9 +174,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainSta
         now = time.time()
         rate = (step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, step
+        speed = throughput.metrics(rate)
         if is_main:
-          print(format_progress(step, num_steps, values, rate, config.batch_size), flush=True)
-          writer.scalars(step, {**values, "steps_per_sec": rate})
+          line = format_progress(step, num_steps, values, rate, config.batch_size, speed)
+          print(line, flush=True)
+          writer.scalars(step, {**values, "steps_per_sec": rate, **speed})
           writer.flush()
       preempted = preemption.reached(step)
       if preempted or step % tc.checkpoint_every == 0 or step == num_steps:

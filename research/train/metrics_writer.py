@@ -69,7 +69,12 @@ class MetricsWriter:
 
 
 def format_progress(
-  step: int, num_steps: int, metrics: Mapping[str, float], steps_per_sec: float, batch_size: int
+  step: int,
+  num_steps: int,
+  metrics: Mapping[str, float],
+  steps_per_sec: float,
+  batch_size: int,
+  throughput: Mapping[str, float] | None = None,
 ) -> str:
   eta = (num_steps - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
   # The console shows each part's headline metrics; norms and finer breakdowns (``part/a/b``,
@@ -79,10 +84,13 @@ def format_progress(
     for k, v in sorted(metrics.items())
     if not k.endswith("_norm") and k.count("/") <= 1
   )
-  return (
-    f"step {step}/{num_steps} {shown} | {steps_per_sec:.2f} steps/s "
-    f"{steps_per_sec * batch_size:.1f} img/s ETA {_duration(eta)}"
-  )
+  speed = f"{steps_per_sec:.2f} steps/s {steps_per_sec * batch_size:.1f} img/s"
+  throughput = throughput or {}
+  if "tflops_per_device" in throughput:
+    speed += f" {throughput['tflops_per_device']:.3g} TFLOP/s/device"
+  if "mfu" in throughput:
+    speed += f" MFU {100 * throughput['mfu']:.1f}%"
+  return f"step {step}/{num_steps} {shown} | {speed} ETA {_duration(eta)}"
 
 
 def _duration(seconds: float) -> str:

@@ -43,6 +43,9 @@ class StepConfig:
   grad_accum: int = 1  # micro-batches per step
   part_steps: tuple[tuple[str, int], ...] = ()  # (part, updates per step); default 1 each
   split_repeats: bool = False  # repetition i of an n-update part takes chunk i of n of the batch
+  # Unrolls the scans over repetitions and micro-batches: only for counting FLOPs (XLA's cost
+  # analysis counts a loop body once, whatever its trip count); the step run keeps the scans.
+  unroll_scans: bool = False
 
   def updates_of(self, part: str) -> int:
     return dict(self.part_steps).get(part, 1)
@@ -51,6 +54,10 @@ class StepConfig:
     """How many pieces the batch is split into for `part`'s updates (1: each sees all of it)."""
     n = self.updates_of(part)
     return n if self.split_repeats and n > 1 else 1
+
+  @property
+  def has_scans(self) -> bool:
+    return self.grad_accum > 1 or any(n > 1 for _, n in self.part_steps)
 
 
 def _split_microbatches(batch: Batch, n: int, mesh: Mesh | None) -> Batch:
@@ -74,6 +81,7 @@ def _part_grads(
   rng: jax.Array,
   grad_accum: int,
   mesh: Mesh | None,
+  unroll: bool = False,
 ) -> tuple[jax.Array, Any, Metrics, dict[str, Any]]:
   """Mean loss, gradient, metrics and updated collections of one part over the micro-batches."""
   variables = state.variables()
@@ -108,7 +116,8 @@ def _part_grads(
   )
   zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
   init = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params), zeros(m0), collections)
-  (loss, grads, metrics, collections), _ = jax.lax.scan(body, init, (micro, jnp.arange(grad_accum)))
+  xs = (micro, jnp.arange(grad_accum))
+  (loss, grads, metrics, collections), _ = jax.lax.scan(body, init, xs, unroll=unroll)
   scale = lambda t: jax.tree.map(lambda x: x / grad_accum, t)
   return loss / grad_accum, scale(grads), scale(metrics), collections
 
@@ -128,7 +137,7 @@ def make_train_step(
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     key = jax.random.fold_in(jax.random.fold_in(step_key, part_index), rep)
     loss, grads, metrics, collections = _part_grads(
-      task, part, state, batch, key, config.grad_accum, mesh
+      task, part, state, batch, key, config.grad_accum, mesh, config.unroll_scans
     )
     ps = state.parts[part]
     updates, opt_state = optimizers[part].update(grads, ps.opt_state, ps.params)
@@ -172,7 +181,8 @@ def make_train_step(
           rep, chunk = xs  # chunk [B / n, ...]: this repetition's own rows, or None
           return update(carry, part_index, part, rep, batch if chunk is None else chunk)
 
-        state, stacked = jax.lax.scan(body, state, (jnp.arange(n), chunks))
+        xs = (jnp.arange(n), chunks)
+        state, stacked = jax.lax.scan(body, state, xs, unroll=config.unroll_scans)
         metrics = jax.tree.map(lambda m: m[-1], stacked)  # the part's last update in this step
       else:
         continue
@@ -180,3 +190,20 @@ def make_train_step(
     return state.replace(step=state.step + 1), all_metrics
 
   return train_step
+
+
+def jit_train_step(
+  task: Task,
+  optimizers: dict[str, optax.GradientTransformation],
+  config: StepConfig,
+  mesh: Mesh,
+  shardings: Any,
+) -> Any:
+  """The step as every run compiles it: jitted over the mesh, the state donated, the batch split
+  over all devices, the metrics replicated (`research.train.loop`, `benchmarks/`)."""
+  return jax.jit(
+    make_train_step(task, optimizers, config, mesh),
+    donate_argnums=0,
+    in_shardings=(shardings, shd.batch_sharding(mesh)),
+    out_shardings=(shardings, shd.replicated(mesh)),
+  )
