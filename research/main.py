@@ -19,6 +19,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from research import cli  # noqa: E402
 from research.errors import UserError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -46,36 +47,12 @@ def _init_jax() -> None:
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
-  cache = os.environ.get("RESEARCH_JAX_CACHE", os.path.expanduser("~/.cache/research_jax"))
-  if cache:
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _one_line(e: BaseException) -> str:
-  text = str(e)
-  if len(text) > 1 and text[0] == text[-1] == "'":  # AttributeError wraps its message in quotes
-    text = text[1:-1]
-  text = text.replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
-  return " ".join(text.split())
+  cli.use_compilation_cache()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with config-file and override problems as one-line errors."""
-  try:
-    rest = flags.FLAGS(argv)
-    if _CONFIG.value is not None:
-      _CONFIG.value.task  # noqa: B018  (a config file that failed to load raises here)
-    return rest
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-  except flags.Error as e:
-    print(f"error: {_one_line(e)}; see --helpfull", file=sys.stderr)
-  except AttributeError as e:
-    print(f"error: unknown config key in an override: {_one_line(e)}", file=sys.stderr)
-  except (OSError, KeyError, TypeError, ValueError) as e:
-    print(f"error: could not load the config: {_one_line(e)}", file=sys.stderr)
-  sys.exit(2)
+  return cli.parse_flags(argv, _CONFIG)
 
 
 def main(argv: list[str]) -> None:
