@@ -18,7 +18,11 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
 CIFAR=(--image_shape=32,32,3 --num_classes=10)
 LATENT=(--image_shape=32,32,4 --num_classes=1000)
 BATCHES=(128 512); DIT_BATCH=256; STEPS=30; SAMPLES=512; ANCHOR_ARGS=(--only 1)
-if [[ -n "${TINY:-}" ]]; then BATCHES=(8); DIT_BATCH=8; STEPS=1; SAMPLES=8; ANCHOR_ARGS=(--tiny); fi
+DALLE=(--config=experiments/dalle_coco.py --batch_size=32)
+if [[ -n "${TINY:-}" ]]; then
+  BATCHES=(8); DIT_BATCH=8; STEPS=1; SAMPLES=8; ANCHOR_ARGS=(--tiny)
+  DALLE=(--config=experiments/dalle_digits.py:runlocal --image_shape=32,64,1 --image_vocab=128 --batch_size=8)
+fi
 if [[ -n "${ANCHOR_FULL:-}" ]]; then ANCHOR_ARGS=(); fi
 
 run() {  # name, then the command; one JSON line tagged with the name, or an error line
@@ -44,8 +48,7 @@ run "dit_s2_b$DIT_BATCH" "$PY" benchmarks/train_step.py "${DIT[@]}" --steps="$ST
 run "dit_b2_b$DIT_BATCH" "$PY" benchmarks/train_step.py "${DIT[@]}" --steps="$STEPS" \
   --config.model.hidden_size=768 --config.model.num_heads=12
 # The DALL-E transformer (stage 2) and the FID network's feature extraction.
-run dalle_transformer "$PY" -m benchmarks.dalle --config=experiments/dalle_coco.py \
-  --batch_size="${DIT_BATCH/256/32}" --steps="$STEPS"
+run dalle_transformer "$PY" -m benchmarks.dalle "${DALLE[@]}" --steps="$STEPS"
 run inception_features "$PY" benchmarks/features.py --num="$SAMPLES" --image_shape=32,32,3 \
   --dtype=bfloat16 --repeats=1
 

@@ -84,12 +84,13 @@ def get_config(arg=None):
   )
   if arg.objective == "ddpm":
     c.sample.update({"eta": 0.0, "variance": "beta", "clip_x0": True})
-  c.eval.batch_size = 250
+  c.eval.batch_size = 256  # divides by the chips of every slice (benchmarks/aot.py)
   c.eval.feature_net = "digits_classifier"  # trained once into its cache when missing
 
   if arg.runlocal:
     num_steps = 2_600
     c.batch_size = 32
+    c.eval.batch_size = 250  # 4 batches: the quick start's 1,000 scored samples
     c.model.update({"patch_size": 4, "hidden_size": 128, "depth": 6, "num_heads": 4})
     c.optim.model.update(
       {
