@@ -103,7 +103,7 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
 
 @dataclasses.dataclass
 class Target:
-  """The compile-only devices of a slice and its mesh for a config."""
+  """A TPU slice and its compile-only devices."""
 
   slice: tpu_slices.Slice
   devices: list
