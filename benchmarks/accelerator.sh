@@ -80,3 +80,4 @@ for name, r in ours.items():
   print(f"{name:24s} {ips if ips is not None else '-':>9} {r.get('tflops_per_s') or '-':>9} "
         f"{f'{100 * util:.1f}%' if util else '-':>7} {ratio:>8}")
 PYEOF
+echo "(JSON lines kept in $OUT_FILE)" >&2
