@@ -188,6 +188,37 @@ def digits_diffusion_quick_start(c: ml_collections.ConfigDict, num_steps: int = 
   quick_start_schedule(c, num_steps)
 
 
+# Kynkäänniemi et al. 2024's guidance interval for EDM2 (sigma in (0.28, 5.42]).
+GUIDANCE_INTERVAL = (0.28, 5.42)
+
+
+def autoguide(
+  c: ml_collections.ConfigDict,
+  guide: str,
+  weight: float,
+  at: float = 0.75,
+  interval: tuple[float, float] = GUIDANCE_INTERVAL,
+) -> None:
+  """Sample with autoguidance (Karras et al. 2024): the model guided by a weaker version of
+  itself, the run in `guide` at `at` of this config's schedule (rounded down to a checkpoint),
+  only at noise levels in `interval` (EDM's sigma).
+
+  With `guide` the run's own workdir this is its earlier checkpoint (for sample and eval modes,
+  once it is trained); `max_to_keep` grows so that the checkpoint is not deleted.
+  """
+  every = c.train.checkpoint_every
+  step = max(every, int(c.train.num_steps * at) // every * every)
+  c.sample.update(
+    {
+      "autoguidance": weight,
+      "guide_workdir": guide,
+      "guide_step": step,
+      "guidance_interval": interval,
+    }
+  )
+  c.train.max_to_keep = max(c.train.max_to_keep, (c.train.num_steps - step) // every + 1)
+
+
 def quick_start_schedule(c: ml_collections.ConfigDict, num_steps: int) -> None:
   """A CPU quick start's run: `num_steps` steps, logs every 100, two sample grids, four
   checkpoints, a short EMA (0.998)."""

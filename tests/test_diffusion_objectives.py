@@ -385,3 +385,23 @@ def test_bad_objective_settings_raise_user_errors():
   assert isinstance(meanflow, mf.MeanFlowObjective)
   edm, consumed = make_objective(ml_collections.ConfigDict({"objective": "edm", "sigma_data": 1.0}))
   assert edm.sigma_data == 1.0 and "sigma_data" in consumed
+
+
+def test_noise_to_signal_reads_edm_sigma_back_from_every_objectives_network_input():
+  """time_of inverts net_inputs, and sigma = s(t) / a(t) in float64 (the guidance-interval scale)."""
+  x = jnp.zeros((4, 2, 2, 1))
+  t = np.array([0.05, 0.3, 0.5, 0.9])
+  for objective in (obj.FlowObjective(), mf.MeanFlowObjective()):
+    _, c = objective.net_inputs(x, jnp.asarray(t, jnp.float32))
+    np.testing.assert_allclose(objective.time_of(c), t, rtol=1e-6)
+    np.testing.assert_allclose(objective.noise_to_signal(c), t / (1 - t), rtol=1e-5)
+  edm = obj.EDMObjective()
+  sigma = np.array([0.002, 0.5, 5.42, 80.0])
+  _, c = edm.net_inputs(x, jnp.asarray(sigma, jnp.float32))
+  np.testing.assert_allclose(edm.noise_to_signal(c), sigma, rtol=1e-5)
+  schedule = sch.make_schedule("linear", 1000)
+  ddpm = obj.DDPMObjective(schedule)
+  steps = np.array([0, 10, 500, 999])
+  _, c = ddpm.net_inputs(x, jnp.asarray(steps))
+  abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))[steps]
+  np.testing.assert_allclose(ddpm.noise_to_signal(c), np.sqrt((1 - abar) / abar), rtol=1e-5)

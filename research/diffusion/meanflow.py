@@ -114,6 +114,10 @@ class MeanFlowObjective(obj._PathMixin):
     h = jnp.zeros_like(t) if r is None else t - jnp.asarray(r, jnp.float32)
     return x_t, self.time_scale * jnp.stack([t, h], axis=-1)
 
+  def time_of(self, c_noise: jax.Array) -> jax.Array:
+    """t [B] of the network's [B, 2] time input (the step's end r is t - h)."""
+    return jnp.asarray(c_noise, jnp.float32)[..., 0] / self.time_scale
+
   def target(self, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
     return noise - x0  # the target at r = t; `loss` builds the r < t one with a jvp
 

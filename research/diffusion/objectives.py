@@ -75,6 +75,8 @@ class Objective(Protocol):
   def coefficients(self, t: jax.Array) -> tuple[jax.Array, jax.Array]: ...
   def corrupt(self, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array: ...
   def net_inputs(self, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+  def time_of(self, c_noise: jax.Array) -> jax.Array: ...
+  def noise_to_signal(self, c_noise: jax.Array) -> jax.Array: ...
   def target(self, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array: ...
   def loss_weight(self, t: jax.Array) -> jax.Array: ...
   def predictions(
@@ -127,6 +129,12 @@ class _PathMixin:
     a, s = self.coefficients(t)
     return bcast(a, x0) * x0 + bcast(s, x0) * noise  # [B, ...]
 
+  def noise_to_signal(self, c_noise: jax.Array) -> jax.Array:
+    """sigma = s(t) / a(t) [B] at the time the network was given, EDM's sigma for every
+    objective (inf at pure noise): the common scale of guidance intervals."""
+    a, s = self.coefficients(self.time_of(c_noise))
+    return s / a
+
   def score(self, net_out: jax.Array, x_t: jax.Array, t: jax.Array) -> jax.Array:
     """grad log p_t(x_t) = -E[eps | x_t] / s(t) (Tweedie); undefined at s = 0."""
     _, eps_hat = self.predictions(net_out, x_t, t)
@@ -177,6 +185,10 @@ class DDPMObjective(_PathMixin):
 
   def net_inputs(self, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x_t, jnp.asarray(t, jnp.int32)  # the integer index, as the DDPM UNet is trained
+
+  def time_of(self, c_noise: jax.Array) -> jax.Array:
+    """t [B] from the network's time input (the inverse of `net_inputs`)."""
+    return jnp.asarray(c_noise, jnp.int32)
 
   def target(self, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
     return sch.training_target(self.schedule, x0, t, noise, self.prediction)
@@ -249,6 +261,9 @@ class FlowObjective(_PathMixin):
 
   def net_inputs(self, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x_t, self.time_scale * jnp.asarray(t, jnp.float32)
+
+  def time_of(self, c_noise: jax.Array) -> jax.Array:
+    return jnp.asarray(c_noise, jnp.float32) / self.time_scale
 
   def target(self, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
     return noise - x0  # d/dt [(1 - t) x0 + t eps]
@@ -328,6 +343,9 @@ class EDMObjective(_PathMixin):
   def net_inputs(self, x_t: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     _, _, c_in, c_noise = self.preconditioning(t)
     return bcast(c_in, x_t) * x_t, c_noise
+
+  def time_of(self, c_noise: jax.Array) -> jax.Array:
+    return jnp.exp(4.0 * jnp.asarray(c_noise, jnp.float32))  # c_noise = ln(sigma) / 4
 
   def target(self, x0: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
     x_t = self.corrupt(x0, t, noise)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research import data
-from research.diffusion import flow_likelihood, likelihood, ode_samplers, schedules
+from research.diffusion import flow_likelihood, likelihood, samplers, schedules
 from research.diffusion import objectives as obj
 from research.diffusion.meanflow import MeanFlowObjective
 from research.errors import UserError
@@ -71,6 +71,7 @@ class DiffusionTask(ModelTask):
   eval_variance: str = "beta"  # DDPM: reverse-process variance in the bound: beta | beta_tilde
   likelihood_steps: int = 32  # flow / MeanFlow: Heun steps of the PF-ODE for bits/dim; 0 = off
   sampling: SamplerConfig = SamplerConfig()
+  guide: Any = None  # (task, host variables) of the autoguidance guide, or None
 
   # ---- DDPM's names, kept for its samplers and bound ----------------------------------------------
   @property
@@ -191,12 +192,34 @@ class DiffusionTask(ModelTask):
     return out
 
   def model_fn(self, params: Any, labels: jax.Array | None) -> Callable[..., jax.Array]:
-    """The sampling network (x_in, c_noise) -> output, guided when ``guidance_scale`` != 0."""
-    cond = self._net_fn(params, labels)
-    if labels is None or self.sampling.guidance_scale == 0:
-      return cond  # w = 0 is the conditional model itself (one pass, not two)
-    uncond = self._net_fn(params, jnp.full(labels.shape, self.null_label, jnp.int32))
-    return ode_samplers.guided(cond, uncond, self.sampling.guidance_scale)
+    """The sampling network (x_in, c_noise) -> output: classifier-free guided when
+    ``guidance_scale`` != 0, then autoguided by the guide when ``autoguidance`` != 0, each only
+    at noise levels inside ``guidance_interval`` (EDM's sigma, Kynkäänniemi et al. 2024)."""
+    main = self._net_fn(params, labels)
+    guides = []  # (the other network, its weight w): out -> (1 + w) out - w other
+    if labels is not None and self.sampling.guidance_scale != 0:  # w = 0: one pass, not two
+      null = jnp.full(labels.shape, self.null_label, jnp.int32)
+      guides.append((self._net_fn(params, null), self.sampling.guidance_scale))
+    if self.guide is not None and self.sampling.autoguidance != 0:
+      guide_task, guide_variables = self.guide
+      weak = guide_task._net_fn(guide_variables["model"]["params"], labels)
+      guides.append((weak, self.sampling.autoguidance))
+    if not guides:
+      return main
+    lo, hi = self.sampling.guidance_interval
+    everywhere = lo <= 0 and hi == float("inf")
+
+    def guided(x_in: jax.Array, c_noise: jax.Array) -> jax.Array:
+      out = main(x_in, c_noise)
+      if not everywhere:
+        sigma = self.objective.noise_to_signal(c_noise)  # [B]
+        inside = obj.bcast((sigma >= lo) & (sigma <= hi), out)
+      for other, w in guides:
+        w = w if everywhere else jnp.where(inside, w, 0.0)
+        out = samplers.cfg_combine(out, other(x_in, c_noise), w)
+      return out
+
+    return guided
 
   def sample(
     self, variables: Variables, rng: jax.Array, num: int, labels: jax.Array | None = None
@@ -268,7 +291,7 @@ def make_objective(tc: Any) -> tuple[Any, tuple[str, ...]]:
 def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
   tc = config.task
   objective, consumed = make_objective(tc)
-  computed = ("net", "objective", "image_shape", "num_classes", "sampling")
+  computed = ("net", "objective", "image_shape", "num_classes", "sampling", "guide")
   opts = options(DiffusionTask, tc, computed=(*computed, *consumed, "conditional"))
   num_classes = None
   if tc.get("conditional", False):
@@ -287,5 +310,6 @@ def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
     image_shape=info.image_shape,
     num_classes=num_classes,
     sampling=sampling,
+    guide=diffusion_sampling.load_guide(sampling, objective, num_classes, info.image_shape),
     **opts,
   )

@@ -14,6 +14,15 @@ Guidance (``guidance_scale`` w) combines the conditional and the unconditional o
 and diffusers' scale s is 1 + w. The combination is applied to the raw network output, which for
 every objective here is the same as guiding eps, x0, v or D (they are affine in the output at fixed
 x_t and t, with weights that sum to one).
+
+Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself", eq. 2:
+D_w = D_0 + w (D_1 - D_0), the main model D_1 and a weaker guide D_0 of the same task) works for
+unconditional models too: ``autoguidance`` w_a combines the main output as (1 + w_a) main - w_a
+guide (their w is 1 + w_a, the convention of ``guidance_scale``). The guide is another trained
+run, ``guide_workdir`` (its newest checkpoint, or ``guide_step``), loaded through
+`research.train.restore.load_trained`: a smaller or shorter-trained model, as in the paper, or an
+earlier checkpoint of the same run. It must share the main model's objective and conditioning;
+with classifier-free guidance too, the guide takes the labels and guides the CFG-combined output.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from research.diffusion import objectives as obj
 from research.diffusion import ode_samplers, samplers, schedules
 from research.diffusion.meanflow import MeanFlowObjective
 from research.errors import UserError
+from research.train.restore import load_trained
 
 # The samplers each kind of objective can run (see the module docstring).
 SAMPLERS = {
@@ -62,6 +72,16 @@ class SamplerConfig:
   s_noise: float = 1.0
   diffusion_form: str = "sigma"  # euler_maruyama's D_t: sigma (SiT's default) | constant
   diffusion_norm: float = 1.0
+  # autoguidance (Karras et al. 2024)
+  autoguidance: float = 0.0  # w_a in (1 + w_a) out - w_a guide; 0 = off
+  guide_workdir: str = ""  # the guide's run (a weaker model of the same task)
+  guide_step: int = 0  # the guide's checkpoint; 0 = its newest
+  # Both guidances act only where EDM's sigma (s(t) / a(t), any objective) of the step lies in
+  # [low, high], the main model's output elsewhere (Kynkäänniemi et al. 2024; (0, inf): always).
+  guidance_interval: tuple[float, float] = (0.0, float("inf"))
+
+  def __post_init__(self) -> None:  # a config's list, as a tuple of floats
+    object.__setattr__(self, "guidance_interval", tuple(map(float, self.guidance_interval)))
 
 
 def check(cfg: SamplerConfig, objective: Any) -> None:
@@ -74,6 +94,12 @@ def check(cfg: SamplerConfig, objective: Any) -> None:
     )
   if cfg.steps < 1:
     raise UserError(f"config.sample.steps={cfg.steps} must be at least 1")
+  interval = tuple(cfg.guidance_interval)
+  if len(interval) != 2 or not 0 <= interval[0] < interval[1]:
+    raise UserError(
+      f"config.sample.guidance_interval={interval} must be (low, high) sigmas with "
+      "0 <= low < high, e.g. (0.28, 5.42) or (0, inf) for guidance at every step"
+    )
   if cfg.sampler in ("ddim", "ddpm"):
     if cfg.spacing not in schedules.SPACINGS:
       raise UserError(f"config.sample.spacing={cfg.spacing!r}; use one of {schedules.SPACINGS}")
@@ -82,7 +108,8 @@ def check(cfg: SamplerConfig, objective: Any) -> None:
 
 def evaluations(cfg: SamplerConfig, objective: Any, guided: bool) -> int:
   """Network evaluations per image of one sample: the sampler's steps (Heun and EDM: 2N - 1 on
-  a grid ending at 0), twice over with guidance (a conditional and an unconditional pass)."""
+  a grid ending at 0), twice over with guidance (a conditional and an unconditional pass), one
+  more per step with autoguidance (the guide's pass)."""
   if cfg.sampler == "ddpm":
     n = objective.schedule.num_steps
   elif cfg.sampler == "ddim":
@@ -92,7 +119,67 @@ def evaluations(cfg: SamplerConfig, objective: Any, guided: bool) -> int:
     n = cfg.steps + int(np.sum(g[1:] > 0))
   else:
     n = cfg.steps
-  return n * (2 if guided else 1)
+  return n * ((2 if guided else 1) + (1 if cfg.autoguidance else 0))
+
+
+# Objective fields that only shape training or the time grid (the main model's grid is used):
+# a guide may differ in them. All other fields fix how the network's output is read.
+_TRAINING_FIELDS = frozenset(
+  ("time_sampling", "loc", "scale", "shift", "p_mean", "p_std", "sigma_min", "sigma_max", "rho",
+   "r_equals_t", "norm_p", "norm_eps")
+)  # fmt: skip
+
+
+def _differing_field(a: Any, b: Any) -> str | None:
+  """The first field that reads the two objectives' outputs differently, or None."""
+  if type(a) is not type(b):
+    return "objective"
+  for f in dataclasses.fields(a):
+    if f.name in _TRAINING_FIELDS:
+      continue
+    x, y = getattr(a, f.name), getattr(b, f.name)
+    if dataclasses.is_dataclass(x):  # DDPM's schedule: its arrays
+      same = all(
+        np.array_equal(np.asarray(getattr(x, g.name)), np.asarray(getattr(y, g.name)))
+        for g in dataclasses.fields(x)
+      )
+    else:
+      same = x == y
+    if not same:
+      return f.name
+  return None
+
+
+def load_guide(
+  cfg: SamplerConfig,
+  objective: Any,
+  num_classes: int | None,
+  image_shape: tuple[int, ...],
+) -> tuple[Any, Any] | None:
+  """(the guide's task, its host variables) for autoguidance, or None when it is off; a guide
+  that cannot guide this model is a one-line error."""
+  if not cfg.autoguidance:
+    return None
+  if not cfg.guide_workdir:
+    raise UserError(
+      f"config.sample.autoguidance={cfg.autoguidance} needs a guide: set "
+      "config.sample.guide_workdir to a weaker run of the same task (and guide_step)"
+    )
+  guide = load_trained(cfg.guide_workdir, task_name="diffusion", step=cfg.guide_step)
+  where = f"the guide {cfg.guide_workdir} (step {guide.step})"
+  field = _differing_field(objective, guide.task.objective)
+  if field is not None:
+    raise UserError(
+      f"{where} reads its output differently ({field}: {getattr(guide.task.objective, field, '')}"
+      f" vs {getattr(objective, field, '')}); train the guide with this model's objective"
+    )
+  if guide.task.num_classes != num_classes or tuple(guide.task.image_shape) != tuple(image_shape):
+    raise UserError(
+      f"{where} is for images {tuple(guide.task.image_shape)} with classes "
+      f"{guide.task.num_classes}, this model for {tuple(image_shape)} with {num_classes}; "
+      "train the guide on the same data and conditioning"
+    )
+  return guide.task, jax.device_get(guide.variables)
 
 
 def grid(cfg: SamplerConfig, objective: Any) -> np.ndarray:
