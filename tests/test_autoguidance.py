@@ -87,6 +87,12 @@ def test_a_guide_of_another_conditioning_or_none_is_a_one_line_error(two_step_ru
   with pytest.raises(UserError, match="same data and conditioning") as e:
     _task(conditional, autoguidance=1.0, guide_workdir=workdir)
   assert "\n" not in str(e.value)
+  edm = load_config(FLOW_TINY, "objective=edm")
+  with edm.unlocked():
+    edm.data.data_dir = config.data.data_dir
+  with pytest.raises(UserError, match=r"\(objective: FlowObjective vs EDMObjective\)") as e:
+    _task(edm, autoguidance=1.0, guide_workdir=workdir)
+  assert "\n" not in str(e.value)
 
 
 def test_only_fields_that_read_the_output_must_agree():

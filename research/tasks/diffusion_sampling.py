@@ -169,9 +169,10 @@ def load_guide(
   where = f"the guide {cfg.guide_workdir} (step {guide.step})"
   field = _differing_field(objective, guide.task.objective)
   if field is not None:
+    show = (lambda o: type(o).__name__) if field == "objective" else (lambda o: getattr(o, field))
     raise UserError(
-      f"{where} reads its output differently ({field}: {getattr(guide.task.objective, field, '')}"
-      f" vs {getattr(objective, field, '')}); train the guide with this model's objective"
+      f"{where} reads its output differently ({field}: {show(guide.task.objective)} vs "
+      f"{show(objective)}); train the guide with this model's objective"
     )
   if guide.task.num_classes != num_classes or tuple(guide.task.image_shape) != tuple(image_shape):
     raise UserError(
