@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 
 from research.errors import UserError
 from research.models.autoencoder_kl import SD_VAE_CONFIG, param_shapes
@@ -238,25 +239,12 @@ def convert_state_dict(
 
 def unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """{"a/b/c": x} -> {"a": {"b": {"c": x}}}."""
-  tree: dict[str, Any] = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split("/")
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = value
-  return tree
+  return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+def flatten(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """{"a": {"b": {"c": x}}} -> {"a/b/c": x}."""
-  out: dict[str, np.ndarray] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, f"{prefix}{k}/"))
-    else:
-      out[prefix + k] = np.asarray(v)
-  return out
+  return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(tree), sep="/").items()}
 
 
 def read_config_json(path: str) -> dict[str, Any]:
