@@ -3,8 +3,9 @@
 Importing this package imports neither tensorflow, tensorflow_datasets nor jax: the pipeline's
 names (`dataset_info`, `train_iterator`, ...) and submodules load on first access, so plain modules
 such as `research.data.captioned_digits` import alone. The offline builders (`offline_mnist`,
-`offline_digits`, `offline_captioned_digits`) are registered with TFDS, all in one place, by
-`tfds_source.offline_builder_classes` when a pipeline function first needs a builder.
+`offline_digits`, `offline_sketched_digits`, `offline_captioned_digits`) are registered with TFDS,
+all in one place, by `tfds_source.offline_builder_classes` when a pipeline function first needs a
+builder, and the downloading `pix2pix` builder by `tfds_source.download_builder_classes`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,19 @@ if TYPE_CHECKING:
     DatasetInfo,
     dataset_info,
     eval_iterator,
+    held_out_examples,
     prepare,
     train_iterator,
   )
 
-__all__ = ["DatasetInfo", "dataset_info", "eval_iterator", "prepare", "train_iterator"]
+__all__ = [
+  "DatasetInfo",
+  "dataset_info",
+  "eval_iterator",
+  "held_out_examples",
+  "prepare",
+  "train_iterator",
+]
 
 
 def __getattr__(name: str) -> Any:

