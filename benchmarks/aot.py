@@ -161,12 +161,17 @@ def abstract_batch(config: Any, info: Any, batch_size: int, sharding: Any, eval_
     return jax.ShapeDtypeStruct((batch_size, *shape), dtype, sharding=sharding)
 
   batch = {"image": spec(info.image_shape, jnp.uint8)}
+  input_shape = getattr(info, "input_shape", None)
+  if input_shape is not None:  # paired / unpaired translation data
+    batch["input"] = spec(input_shape, jnp.uint8)
   if info.num_classes is not None:
     batch["label"] = spec((), jnp.int32)
   if int(config.data.get("text_length", 0) or 0) > 0:
     batch["text"] = spec((int(config.data.text_length),), jnp.int32)
   if eval_split:
     batch["mask"] = spec((), jnp.float32)
+    if input_shape is not None:
+      batch["input_mask"] = spec((), jnp.float32)
   return batch
 
 
@@ -199,7 +204,13 @@ class Abstract:
     optimizers = make_optimizers(config.optim, task.parts, tc.num_steps, tc.part_steps.to_dict())
     has_labels = info.num_classes is not None
     make = state_lib.state_factory(
-      task, optimizers, info.image_shape, has_labels, config.seed, tc.ema_decay > 0
+      task,
+      optimizers,
+      info.image_shape,
+      has_labels,
+      config.seed,
+      tc.ema_decay > 0,
+      input_shape=getattr(info, "input_shape", None),
     )
     shapes = jax.eval_shape(make)
     shardings = shd.state_shardings(shapes, mesh, config.mesh.fsdp_min_size)

@@ -51,6 +51,8 @@ def dataset_info(config):
 def synthetic_batch(info, batch_size: int, sharding) -> dict[str, jax.Array]:
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (batch_size, *info.image_shape), dtype=np.uint8)}
+  if info.input_shape is not None:  # paired / unpaired translation data
+    batch["input"] = rng.integers(0, 256, (batch_size, *info.input_shape), dtype=np.uint8)
   if info.num_classes:
     batch["label"] = rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)
   return jax.device_put(batch, sharding)
@@ -103,6 +105,7 @@ def benchmark(config, info, steps: int) -> dict:
     info.num_classes is not None,
     config.seed,
     config.train.ema_decay > 0,
+    input_shape=info.input_shape,
   )
   state, shardings = state_lib.init_sharded(make, mesh, config.mesh.fsdp_min_size)
   batch_sharding = shd.batch_sharding(mesh)

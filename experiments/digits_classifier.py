@@ -29,7 +29,7 @@ def get_config(arg=None):
   c.seed = 0
   c.batch_size = 128
   c.task.name = "classifier"
-  c.task.shift = 2 if arg.data == "offline_mnist" else 1
+  c.task.shift = 1 if arg.data == "offline_digits" else 2  # 8x8 digits: 1 pixel
   c.model.update({"name": "digits_cnn", "channels": (32, 64), "convs_per_stage": 1, "hidden": 128})
   c.model.dropout = 0.3
   c.data.name = arg.data

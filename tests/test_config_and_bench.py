@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from research.config import parse_arg
@@ -41,6 +42,16 @@ def test_schedules_count_steps_even_for_parts_updated_several_times_per_step():
   updates, _ = tx.update({"w": jnp.ones(())}, state, params)
   # Adam's normalised step is ~1 for a constant gradient, so the update is ~ -lr.
   assert float(updates["w"]) == pytest.approx(-0.9, rel=1e-3)
+
+
+def test_hold_then_linear_decay_is_pix2pix_schedule():
+  """pix2pix / CycleGAN: the base rate for the first half, then linear decay to 0 at the end."""
+  from research.config import adam
+  from research.train.optim import make_schedule
+
+  schedule = make_schedule(adam(2e-4, schedule="linear", hold_steps=100), num_steps=200)
+  lrs = [float(schedule(k)) for k in (0, 99, 100, 150, 200)]
+  np.testing.assert_allclose(lrs, [2e-4, 2e-4, 2e-4, 1e-4, 0.0], rtol=1e-6, atol=1e-12)
 
 
 def test_config_diff_ignores_tuple_vs_list():

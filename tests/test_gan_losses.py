@@ -30,12 +30,14 @@ EXPECTED_D = {
   "minimax": -np.mean(np.log(_sigmoid(D_REAL))) - np.mean(np.log(1 - _sigmoid(D_FAKE))),
   "non_saturating": -np.mean(np.log(_sigmoid(D_REAL))) - np.mean(np.log(1 - _sigmoid(D_FAKE))),
   "hinge": np.mean(np.maximum(0, 1 - D_REAL)) + np.mean(np.maximum(0, 1 + D_FAKE)),
+  "lsgan": np.mean((D_REAL - 1) ** 2) + np.mean(D_FAKE**2),  # Mao et al. 2017, a=0, b=1
   "wgan": np.mean(D_FAKE) - np.mean(D_REAL),
 }
 EXPECTED_G = {
   "minimax": np.mean(np.log(1 - _sigmoid(D_FAKE))),
   "non_saturating": -np.mean(np.log(_sigmoid(D_FAKE))),
   "hinge": -np.mean(D_FAKE),
+  "lsgan": np.mean((D_FAKE - 1) ** 2),
   "wgan": -np.mean(D_FAKE),
 }
 

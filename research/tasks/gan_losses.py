@@ -9,6 +9,9 @@ Each function returns a scalar to *minimise* for its player.
 - ``non_saturating`` (Goodfellow et al. 2014, sec. 3): same D, G maximises E log D(G(z)).
 - ``hinge`` (Lim & Ye 2017; Miyato et al. 2018): D minimises E relu(1 - d(x)) + E relu(1 + d(G(z))),
   G minimises -E d(G(z)).
+- ``lsgan`` (Mao et al. 2017, eq. 2 with a = 0, b = c = 1): D minimises E (d(x) - 1)^2 + E d(G(z))^2,
+  G minimises E (d(G(z)) - 1)^2, on raw outputs (no sigmoid), as pix2pix/CycleGAN's code (MSE to
+  1 / 0; the paper's 1/2 factors are the tasks' ``disc_loss_scale``).
 - ``wgan`` (Arjovsky et al. 2017): the critic minimises E d(G(z)) - E d(x), G minimises -E d(G(z));
   used with the gradient penalty (Gulrajani et al. 2017) and TransGAN's drift term eps E d(x)^2.
 
@@ -24,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-LOSSES = ("minimax", "non_saturating", "hinge", "wgan")
+LOSSES = ("minimax", "non_saturating", "hinge", "lsgan", "wgan")
 
 # A discriminator as a function of its input: x [B, ...] -> (logits [B], aux).
 DiscFn = Callable[[jax.Array], tuple[jax.Array, Any]]
@@ -37,6 +40,8 @@ def disc_loss(kind: str, d_real: jax.Array, d_fake: jax.Array) -> jax.Array:
     return jnp.mean(jax.nn.softplus(-d_real)) + jnp.mean(jax.nn.softplus(d_fake))
   if kind == "hinge":
     return jnp.mean(jax.nn.relu(1.0 - d_real)) + jnp.mean(jax.nn.relu(1.0 + d_fake))
+  if kind == "lsgan":
+    return jnp.mean(jnp.square(d_real - 1.0)) + jnp.mean(jnp.square(d_fake))
   if kind == "wgan":
     return jnp.mean(d_fake) - jnp.mean(d_real)
   raise ValueError(f"unknown GAN loss {kind!r}; use one of {LOSSES}")
@@ -48,6 +53,8 @@ def gen_loss(kind: str, d_fake: jax.Array) -> jax.Array:
     return -jnp.mean(jax.nn.softplus(d_fake))  # E log(1 - D(G(z))) = -E softplus(d)
   if kind == "non_saturating":
     return jnp.mean(jax.nn.softplus(-d_fake))  # -E log D(G(z))
+  if kind == "lsgan":
+    return jnp.mean(jnp.square(d_fake - 1.0))
   if kind in ("hinge", "wgan"):
     return -jnp.mean(d_fake)
   raise ValueError(f"unknown GAN loss {kind!r}; use one of {LOSSES}")

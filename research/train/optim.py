@@ -2,7 +2,9 @@
 
 ``config.optim.<part>`` holds: ``name`` (adam | adamw | sgd | adagrad), ``learning_rate``, ``b1``,
 ``b2``, ``eps``, ``weight_decay``, ``grad_clip_norm`` (0 = off), ``schedule`` (constant | cosine |
-linear), ``warmup_steps``, ``decay_steps`` (0 = the run's ``train.num_steps``), ``end_lr_factor``.
+linear), ``warmup_steps``, ``hold_steps`` (constant after the warm-up before a cosine or linear decay
+starts: pix2pix/CycleGAN's n epochs at the base rate, then n of linear decay to 0), ``decay_steps``
+(0 = the run's ``train.num_steps``; counted from the start of the run), ``end_lr_factor``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ _OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 def make_schedule(c: Any, num_steps: int) -> optax.Schedule:
   lr = float(c.learning_rate)
   warmup = int(c.get("warmup_steps", 0))
+  hold = int(c.get("hold_steps", 0))
   decay_steps = int(c.get("decay_steps", 0)) or num_steps
   end = lr * float(c.get("end_lr_factor", 0.0))
   kind = c.get("schedule", "constant")
@@ -40,12 +43,14 @@ def make_schedule(c: Any, num_steps: int) -> optax.Schedule:
     main = optax.constant_schedule(lr)
   elif kind == "cosine":
     main = optax.cosine_decay_schedule(
-      lr, max(decay_steps - warmup, 1), alpha=end / lr if lr else 0.0
+      lr, max(decay_steps - warmup - hold, 1), alpha=end / lr if lr else 0.0
     )
   elif kind == "linear":
-    main = optax.linear_schedule(lr, end, max(decay_steps - warmup, 1))
+    main = optax.linear_schedule(lr, end, max(decay_steps - warmup - hold, 1))
   else:
     raise UserError(f"unknown schedule {kind!r} in config.optim; use constant, cosine or linear")
+  if hold:
+    main = optax.join_schedules([optax.constant_schedule(lr), main], [hold])
   if warmup == 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])

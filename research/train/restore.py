@@ -72,11 +72,15 @@ def saved_dataset_info(
         f"dataset cannot be read ({e}); prepare {config.data.name!r} or retrain"
       ) from None
   else:
+    input_shape = saved.get("input_shape")  # paired and unpaired data (research.data.pipeline)
     info = data.DatasetInfo(
       image_shape=tuple(saved["image_shape"]),
       num_classes=saved["num_classes"],
       num_train=int(saved["num_train"]),
       num_eval=int(saved["num_eval"]),
+      input_shape=tuple(input_shape) if input_shape else None,
+      num_eval_input=int(saved.get("num_eval_input", 0)),
+      num_train_input=int(saved.get("num_train_input", 0)),
     )
   if captions_text.text_length(config.data):
     info = dataclasses.replace(
@@ -101,7 +105,9 @@ def restore_variables(
   on every device when `mesh` is None (ready for jitted use beside batch-sharded inputs). A
   checkpoint of another model is a one-line error (naming how `config`, when given, differs from
   the one that wrote it); one whose files do not read raises `DamagedCheckpoint`."""
-  example = state_lib.example_batch(info.image_shape, info.num_classes is not None)
+  example = state_lib.example_batch(
+    info.image_shape, info.num_classes is not None, input_shape=info.input_shape
+  )
   abstract = jax.eval_shape(task.init, jax.random.key(0), example)
   if mesh is None:
     replicated = shd.replicated(shd.make_mesh())

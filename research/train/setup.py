@@ -194,6 +194,7 @@ def build(
     info.num_classes is not None,
     config.seed,
     config.train.ema_decay > 0,
+    input_shape=info.input_shape,
   )
   checkpointer = Checkpointer(
     workdir,

@@ -82,9 +82,17 @@ def create_state(
   )
 
 
-def example_batch(image_shape: tuple[int, int, int], has_labels: bool, n: int = 1) -> Batch:
-  """Zeros with the pipeline's shapes and dtypes, for initialisation."""
+def example_batch(
+  image_shape: tuple[int, int, int],
+  has_labels: bool,
+  n: int = 1,
+  input_shape: tuple[int, int, int] | None = None,
+) -> Batch:
+  """Zeros with the pipeline's shapes and dtypes, for initialisation (`input_shape`: paired and
+  unpaired data's 'input' images, `research.data.DatasetInfo.input_shape`)."""
   batch = {"image": jnp.zeros((n, *image_shape), jnp.uint8)}
+  if input_shape is not None:
+    batch["input"] = jnp.zeros((n, *input_shape), jnp.uint8)
   if has_labels:
     batch["label"] = jnp.zeros((n,), jnp.int32)
   return batch
@@ -97,11 +105,11 @@ def state_factory(
   has_labels: bool,
   seed: int,
   use_ema: bool,
+  input_shape: tuple[int, int, int] | None = None,
 ) -> Callable[[], TrainState]:
   """A no-argument function creating the initial state, for `jax.eval_shape` and `jax.jit`."""
-  return functools.partial(
-    create_state, task, optimizers, example_batch(image_shape, has_labels), seed, use_ema
-  )
+  example = example_batch(image_shape, has_labels, input_shape=input_shape)
+  return functools.partial(create_state, task, optimizers, example, seed, use_ema)
 
 
 def init_sharded(make: Callable[[], TrainState], mesh: Mesh, fsdp_min_size: int = 2**14):
