@@ -24,67 +24,38 @@ Arguments: ``runlocal`` (the minutes-long CPU quick start: half widths, batch 32
 ``l1=<lambda>`` (0 = the cGAN alone).
 """
 
-from research.config import adam, base_config, parse_arg
+from research.config import parse_arg, pix2pix_paper
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False, skips=True, loss="non_saturating", l1=100.0)
-  c = base_config()
-  c.seed = 0
-  c.batch_size = 16
-  c.task.name = "pix2pix"
+  # 80 epochs of the 4,000 pairs at batch 16: 20,000 steps, the second half decaying to 0.
+  c = pix2pix_paper(
+    "offline_sketched_digits",
+    eval_split="test",
+    train_pairs=4_000,
+    epochs=80,
+    batch_size=16,
+    num_eval=1_000,
+  )
   c.task.loss = arg.loss
   c.task.l1_weight = arg.l1
-  c.task.disc_loss_scale = 0.5
-  c.task.conditional_disc = True
-  c.task.test_bn = "batch"
-  c.model.name = "pix2pix"  # a label; the networks are the two entries below
-  c.model.dtype = "float32"
-  c.model.generator = {
-    "name": "pix2pix_unet",
-    "features": 64,
-    "max_features": 512,
-    "num_downs": 0,  # down to 1x1: 32 -> 16 -> 8 -> 4 -> 2 -> 1
-    "skips": arg.skips,
-    "dropout": 0.5,
-    "norm": "batch",
-  }
-  c.model.discriminator = {
-    "name": "patch_discriminator",
-    "features": 64,
-    "n_layers": 2,
-    "kind": "patch",
-    "norm": "batch",
-  }
-  c.data.name = "offline_sketched_digits"
-  c.data.split = "train"
-  c.data.eval_split = "test"
-  c.data.shuffle_buffer = 4_000
-  c.data.random_flip = False  # digits are not mirror-symmetric
-  num_steps = 20_000  # 80 epochs of the 4,000 pairs at batch 16
-  c.train.num_steps = num_steps
-  c.optim.disc = adam(2e-4, b1=0.5, b2=0.999, schedule="linear", hold_steps=num_steps // 2)
-  c.optim.gen = adam(2e-4, b1=0.5, b2=0.999, schedule="linear", hold_steps=num_steps // 2)
-  c.train.log_every = 100
-  c.train.sample_every = 2_000
-  c.train.checkpoint_every = 2_000
-  c.train.ema_decay = 0.0  # the paper keeps no average of G
-  c.sample.num_samples = 64
-  c.sample.grid_size = 64
-  c.sample.use_ema = False
-  c.eval.batch_size = 200
-  c.eval.num_samples = 1_000  # the whole held-out split
+  c.model.generator.update({"num_downs": 0, "skips": arg.skips})  # 0: down to 1x1 (5 stages)
+  c.model.discriminator.n_layers = 2  # a 34x34 receptive field on 32x32 images
+  # 32x32 as built: no resize, no jitter, no mirroring (digits are not mirror-symmetric).
+  c.data.update({"image_size": None, "jitter_size": 0, "random_flip": False})
+  c.train.update({"log_every": 100, "sample_every": 2_000, "checkpoint_every": 2_000})
+  c.sample.update({"num_samples": 64, "grid_size": 64})
+  c.eval.update({"batch_size": 200, "sample_batch_size": 200})
   c.eval.feature_net = "digits_classifier"
   c.eval.classifier_data = "offline_sketched_digits"  # 32x32 digits: the targets' own classifier
   if arg.runlocal:
     num_steps = 1_200
     c.batch_size = 32
-    c.model.generator.features = 32
-    c.model.generator.max_features = 256
+    c.model.generator.update({"features": 32, "max_features": 256})
     c.model.discriminator.features = 32
     c.train.num_steps = num_steps
     for part in ("disc", "gen"):
       c.optim[part].hold_steps = num_steps // 2
-    c.train.sample_every = 500
-    c.train.checkpoint_every = 500
+    c.train.update({"sample_every": 500, "checkpoint_every": 500})
   return c
