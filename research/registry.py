@@ -53,6 +53,7 @@ TASKS: Registry[Callable[..., Any]] = Registry(
   "task",
   "config.task.name",
   {
+    "autoencoder": "research.tasks.autoencoder",
     "classifier": "research.tasks.classifier",
     "clip": "research.tasks.clip",
     "dalle": "research.tasks.dalle",
@@ -70,6 +71,7 @@ MODELS: Registry[Any] = Registry(
   "model",
   "config.model.name",
   {
+    "autoencoder_kl": "research.models.autoencoder_kl",
     "clip": "research.models.clip",
     "conv_vae": "research.models.vae",
     "dalle_transformer": "research.models.dalle",

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.registry import MODELS
+
 SCALE_FACTOR = 0.18215  # SD's latent scale (1 / 5.49), diffusers `scaling_factor`
 SD_VAE_CONFIG = dict(
   in_channels=3,
@@ -191,6 +193,7 @@ class Decoder(nn.Module):
     return _conv3(self.out_channels, "conv_out")(x)
 
 
+@MODELS.register("autoencoder_kl")
 class AutoencoderKL(nn.Module):
   """diffusers' `AutoencoderKL` in linen: `encode`, `decode`, and `__call__` (reconstruction).
 

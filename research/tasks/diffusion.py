@@ -25,8 +25,17 @@ probability-flow ODE with Hutchinson's trace estimator (``likelihood_steps`` Heu
 `research.diffusion.flow_likelihood`). EDM reports its loss only.
 
 The denoiser is any registered network ``net(x [B,H,W,C], t [B] or [B, K], label [B] | None, *,
-train) -> [B,H,W,C]``; the task does not know which (the DDPM UNet now, a diffusion transformer
-later).
+train) -> [B,H,W,C]``; the task does not know which (the DDPM UNet, the diffusion transformer).
+
+Latent diffusion (Rombach et al. 2022): with ``task.autoencoder`` (the workdir of a trained
+`research.tasks.autoencoder` run, loaded through the one loader), the model diffuses
+``latent_scale`` x the frozen encoder's posterior means instead of pixels, and samples are decoded
+to uint8 pixels, so the samples contract and every evaluator hold unchanged. The first stage's
+parameters are a ``first_stage`` collection of the model part: they are checkpointed with the run
+(self-contained, as DALL-E's frozen dVAE) and never trained. ``latent_scale`` 0 (default) is
+LDM's ``scale_factor``: 1 / the std of the posterior means, here over the first 512 held-out
+images, computed once when the task is built. Held-out metrics in latent space: the loss only
+(bits/dim would be of latents, not of pixels).
 """
 
 from __future__ import annotations
@@ -50,6 +59,10 @@ from research.registry import TASKS, build_module
 from research.tasks import diffusion_sampling, pixels
 from research.tasks.base import Batch, Metrics, ModelTask, Variables, masked_sums, means, options
 from research.tasks.diffusion_sampling import SamplerConfig
+from research.train.restore import load_trained
+
+FIRST_STAGE = "first_stage"  # the model part's collection of the frozen autoencoder's parameters
+LATENT_SCALE_IMAGES = 512  # held-out images whose latents give latent_scale = 0's std
 
 OBJECTIVES = {
   "ddpm": obj.DDPMObjective,
@@ -72,6 +85,9 @@ class DiffusionTask(ModelTask):
   likelihood_steps: int = 32  # flow / MeanFlow: Heun steps of the PF-ODE for bits/dim; 0 = off
   sampling: SamplerConfig = SamplerConfig()
   guide: Any = None  # (task, host variables) of the autoguidance guide, or None
+  # Latent diffusion: (the autoencoder task, its host {"model": {"params"}}) and the latent scale.
+  first_stage: Any = None
+  latent_scale: float = 1.0
 
   # ---- DDPM's names, kept for its samplers and bound ----------------------------------------------
   @property
@@ -110,9 +126,25 @@ class DiffusionTask(ModelTask):
   def _labels(self, batch: Batch) -> jax.Array | None:
     return batch["label"].astype(jnp.int32) if self.num_classes is not None else None
 
+  # ---- pixels or latents -----------------------------------------------------------------------
+  def data_x0(self, variables: Variables, batch: Batch) -> jax.Array:
+    """What the model diffuses: images in [-1, 1], or the scaled latents of the frozen encoder."""
+    if self.first_stage is None:
+      return pixels.to_signed(batch["image"])
+    frozen = {"model": {"params": variables["model"][FIRST_STAGE]}}
+    z = self.first_stage[0].encode(frozen, batch["image"])  # [B, h, w, c]
+    return jax.lax.stop_gradient(z) * self.latent_scale
+
+  def to_images(self, variables: Variables, x0: jax.Array) -> jax.Array:
+    """Samples of the model's space -> uint8 images [B, H, W, C] (decoded when latent)."""
+    if self.first_stage is None:
+      return pixels.from_signed(x0)
+    frozen = {"model": {"params": variables["model"][FIRST_STAGE]}}
+    return self.first_stage[0].decode(frozen, x0 / self.latent_scale)
+
   # ---- the Task protocol -------------------------------------------------------------------
   def init(self, rng: jax.Array, batch: Batch) -> Variables:
-    x = jnp.zeros(batch["image"].shape, jnp.float32)
+    x = jnp.zeros((batch["image"].shape[0], *self.image_shape), jnp.float32)
     t = jnp.full((x.shape[0],), self.objective.t_max, jnp.float32)
     x_in, c_noise = self.objective.net_inputs(x, t)
     params_key, dropout_key = jax.random.split(rng)
@@ -125,7 +157,10 @@ class DiffusionTask(ModelTask):
         "need a prediction of the image's shape (learned variance is not trained: set "
         "model.learn_sigma=False, and model.out_channels to the image's channels or leave it unset)"
       )
-    variables = self.net.init({"params": params_key, "dropout": dropout_key}, *args, train=False)
+    variables = dict(self.net.init({"params": params_key, "dropout": dropout_key}, *args,
+                                   train=False))  # fmt: skip
+    if self.first_stage is not None:  # frozen: a collection, not parameters
+      variables[FIRST_STAGE] = jax.tree.map(jnp.asarray, self.first_stage[1]["model"]["params"])
     return {"model": variables}
 
   def loss(
@@ -144,7 +179,7 @@ class DiffusionTask(ModelTask):
       drop = jax.random.bernoulli(drop_key, self.label_dropout, labels.shape)
       labels = jnp.where(drop, self.null_label, labels)
     per_example, t = self.objective_loss(
-      variables["model"]["params"], pixels.to_signed(batch["image"]), labels, rng, train
+      variables["model"]["params"], self.data_x0(variables, batch), labels, rng, train
     )
     name = "mse" if isinstance(self.objective, obj.DDPMObjective) else "objective"
     metrics = {name: jnp.mean(per_example), **self._bucketed(per_example, t)}
@@ -236,16 +271,18 @@ class DiffusionTask(ModelTask):
     x0, _ = diffusion_sampling.draw(
       self.sampling, self.objective, model_fn, sample_key, (num, *self.image_shape)
     )
-    out["images"] = pixels.from_signed(x0)
+    out["images"] = self.to_images(variables, x0)
     return out
 
   def eval_sums(self, variables: Variables, batch: Batch, rng: jax.Array) -> Metrics:
     """Masked sums over one eval batch: the objective's loss and the model's likelihood terms."""
     params = variables["model"]["params"]
-    x0 = pixels.to_signed(batch["image"])
+    x0 = self.data_x0(variables, batch)
     labels = self._labels(batch)
     per_example, _ = self.objective_loss(params, x0, labels, jax.random.fold_in(rng, 1), False)
-    if isinstance(self.objective, obj.DDPMObjective):
+    if self.first_stage is not None:
+      terms = {"loss": per_example}
+    elif isinstance(self.objective, obj.DDPMObjective):
       terms = likelihood.bound_bpd(
         rng, self.schedule, self._denoiser(params, labels), x0, self.target,
         self.eval_variance, self.eval_timesteps,
@@ -291,8 +328,10 @@ def make_objective(tc: Any) -> tuple[Any, tuple[str, ...]]:
 def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
   tc = config.task
   objective, consumed = make_objective(tc)
-  computed = ("net", "objective", "image_shape", "num_classes", "sampling", "guide")
-  opts = options(DiffusionTask, tc, computed=(*computed, *consumed, "conditional"))
+  computed = ("net", "objective", "image_shape", "num_classes", "sampling", "guide", "first_stage")
+  opts = options(
+    DiffusionTask, tc, computed=(*computed, *consumed, "conditional", "autoencoder", "latent_scale")
+  )
   num_classes = None
   if tc.get("conditional", False):
     if not info.num_classes:
@@ -304,12 +343,35 @@ def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
   sampling = SamplerConfig(**options(SamplerConfig, config.sample, strict=False))
   diffusion_sampling.check(sampling, objective)
   fields = {**config.model.to_dict(), "num_classes": num_classes}
+  first_stage, latent_scale, shape = None, 1.0, tuple(info.image_shape)
+  if tc.get("autoencoder", ""):
+    first_stage, latent_scale, shape = load_first_stage(config, info)
   return DiffusionTask(
     net=build_module(fields),
     objective=objective,
-    image_shape=info.image_shape,
+    image_shape=shape,
     num_classes=num_classes,
     sampling=sampling,
-    guide=diffusion_sampling.load_guide(sampling, objective, num_classes, info.image_shape),
+    guide=diffusion_sampling.load_guide(sampling, objective, num_classes, shape),
+    first_stage=first_stage,
+    latent_scale=latent_scale,
     **opts,
   )
+
+
+def load_first_stage(config: Any, info: data.DatasetInfo) -> tuple[Any, float, tuple[int, ...]]:
+  """(the frozen autoencoder task and its host params, the latent scale, the latent shape)."""
+  trained = load_trained(config.task.autoencoder, task_name="autoencoder")
+  if tuple(trained.info.image_shape) != tuple(info.image_shape):
+    raise UserError(
+      f"the autoencoder in {config.task.autoencoder} takes images {trained.info.image_shape}, "
+      f"this data has {tuple(info.image_shape)}; train one on {config.data.name}"
+    )
+  ae = trained.task
+  host = {"model": {"params": jax.device_get(trained.variables["model"]["params"])}}
+  scale = float(config.task.get("latent_scale", 0.0) or 0.0)
+  if scale <= 0:  # LDM's scale_factor: 1 / std of the latents (its code's scale_by_std)
+    images = data.held_out_examples(config.data, LATENT_SCALE_IMAGES)["image"]
+    z = np.asarray(jax.jit(ae.encode)(host, images), np.float64)
+    scale = 1.0 / float(z.std())
+  return (ae, host), scale, tuple(ae.latent_shape)
