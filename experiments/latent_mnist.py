@@ -26,16 +26,10 @@ decay, clipping 1.0, EMA 0.998. Arguments: ``runlocal``, ``autoencoder=<workdir>
 import ml_collections
 
 from research.config import adam, base_config, parse_arg, quick_start_schedule
-from research.errors import UserError
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False, autoencoder="", conditional=False, latent_scale=0.0, steps=0)
-  if not arg.autoencoder:
-    raise UserError(
-      "latent_mnist needs a trained first stage: add autoencoder=<workdir> to the config argument "
-      "(train one with experiments/autoencoder_mnist.py:runlocal)"
-    )
   c = base_config()
   c.batch_size = 128
   c.task = ml_collections.ConfigDict(

@@ -2,21 +2,17 @@
 weight against a direct gradient, parts, the latent scale factor, the second-stage API, config
 errors, and one train step of the experiment that loads back through `load_trained`."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from research import data
-from research.config import adam, base_config
+from research.config import base_config
 from research.errors import UserError
 from research.registry import TASKS
 from research.tasks import pixels
 from research.tasks.autoencoder import AutoencoderTask, _conv_out
-from tests.run_helpers import REPO, load_config
 
 INFO = data.DatasetInfo(image_shape=(8, 8, 1), num_classes=None, num_train=16, num_eval=8)
 KL_WEIGHT = 1e-3
@@ -213,26 +209,3 @@ def test_a_bad_config_is_a_one_line_user_error(edit, message):
   with pytest.raises(UserError) as e:
     TASKS.get("autoencoder")(c, INFO)
   assert message in str(e.value) and "\n" not in str(e.value)
-
-
-@pytest.mark.slow  # ~45 s here: the sharded two-part step, a checkpoint, a restore
-def test_one_train_step_of_the_experiment_loads_back_as_a_first_stage(tmp_path):
-  from research.train import loop, restore
-
-  config = load_config(os.path.join(REPO, "experiments", "autoencoder_mnist.py"), "runlocal")
-  assert config.model.block_out_channels == (16, 32, 64) and config.model.latent_channels == 3
-  with config.unlocked():
-    config.data.name = "mnist"  # the offline MNIST config on TFDS's mnist spec
-    config.batch_size = 8
-    config.data.shuffle_buffer = 8
-    config.model.update({"block_out_channels": (8, 8, 16), "norm_num_groups": 4})
-    config.model.discriminator.features = 8
-    config.task.disc_start = 0  # both adversarial branches run
-    config.optim.model = adam(1e-3, b1=0.5, b2=0.9)
-    config.train.update({"num_steps": 1, "eval_every": 0, "checkpoint_every": 1})
-  with tfds.testing.mock_data(num_examples=16):
-    state = loop.train(config, str(tmp_path))
-  assert int(state.step) == 1 and set(state.parts) == {"model", "disc"}
-  trained = restore.load_trained(str(tmp_path), task_name="autoencoder")
-  z = trained.task.encode(trained.variables, jnp.zeros((2, 28, 28, 1), jnp.uint8))
-  assert z.shape == (2, 7, 7, 3) and np.all(np.isfinite(np.asarray(z)))

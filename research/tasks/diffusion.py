@@ -344,6 +344,12 @@ def make_diffusion_task(config: Any, info: data.DatasetInfo) -> DiffusionTask:
   diffusion_sampling.check(sampling, objective)
   fields = {**config.model.to_dict(), "num_classes": num_classes}
   first_stage, latent_scale, shape = None, 1.0, tuple(info.image_shape)
+  if "autoencoder" in tc and not tc.autoencoder:  # a latent config without its first stage
+    raise UserError(
+      "config.task.autoencoder is empty: this latent diffusion config needs a trained first stage "
+      "(add autoencoder=<workdir> to the config argument; train one with "
+      "experiments/autoencoder_mnist.py:runlocal)"
+    )
   if tc.get("autoencoder", ""):
     first_stage, latent_scale, shape = load_first_stage(config, info)
   return DiffusionTask(
