@@ -180,13 +180,14 @@ def test_a_batch_far_beyond_hbm_does_not_fit_and_the_cli_says_so_in_one_line():
 @needs_libtpu
 @pytest.mark.slow
 def test_find_max_batch_brackets_the_largest_batch_that_fits():
-  # 5M hidden units: the state (parameters, Adam's moments, EMA) holds most of a v5e's 16 GiB,
-  # so the largest per-chip batch is small (72 when written) and the search takes ~10 compiles.
-  config = _vae("model=mlp_vae", **{"model.hidden": 5_000_000})
+  # 6.4M hidden units: the state (parameters, Adam's moments, EMA) holds nearly all of a v5e's
+  # 16 GiB, so the largest per-chip batch is tiny (4 when written: 6 compiles, doubling to 8 then
+  # bisecting through 6 and 5; 5M hidden units gave 72 and 15 compiles).
+  config = _vae("model=mlp_vae", **{"model.hidden": 6_400_000})
   target = aot.Target.create("v5litepod-4")
   out = aot.find_max_batch(config, DIGITS, target, headroom=0.05)
   best = out["max_per_chip_batch"]
-  assert 8 <= best <= 512 and out["at_max"]["fits"] and out["at_max"]["per_chip_batch"] == best
+  assert 2 <= best <= 64 and out["at_max"]["fits"] and out["at_max"]["per_chip_batch"] == best
   with config.unlocked():
     config.batch_size = (best + 1) * 4
   ab = aot.Abstract.build(config, DIGITS, target.devices)

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,31 +16,60 @@ from research import data
 from research.diffusion import samplers
 from research.tasks.pixels import from_signed
 from research.train import loop, setup
-from tests.run_helpers import REPO, load_config, run_main
+from tests.run_helpers import REPO, load_config
 
 TINY = os.path.join(REPO, "tests", "configs", "ddpm_tiny.py")
 
 
 @pytest.mark.parametrize(
-  "arg,sample_every",
-  # Plain "runlocal" is covered by its two variants (CI time: each real step compiles a UNet).
+  "arg",
+  # Plain "runlocal" is covered by its two variants (CI time: each real step compiles a UNet);
+  # the full-size configs are traced, not run, below.
   [
-    ("runlocal,conditional", 1),
-    pytest.param("runlocal,target=v,schedule=cosine", 1, marks=pytest.mark.slow),
-    pytest.param("", 0, marks=pytest.mark.slow),  # the full-size UNet
+    "runlocal,conditional",
+    pytest.param("runlocal,target=v,schedule=cosine", marks=pytest.mark.slow),
   ],
 )
-def test_one_train_step_of_each_mnist_config_on_mock_data(tmp_path, arg, sample_every):
+def test_one_train_step_of_each_mnist_config_on_mock_data(tmp_path, arg):
   config = load_config(os.path.join(REPO, "experiments", "ddpm_mnist.py"), arg)
-  _one_step(config, "mnist", tmp_path, sample_every)
+  _one_step(config, "mnist", tmp_path, sample_every=1)
 
 
-@pytest.mark.parametrize(  # covers plain runlocal; "" is the paper's 35.7M UNet
-  "arg", ["runlocal,bf16,conditional", pytest.param("", marks=pytest.mark.slow)]
+def test_one_train_step_of_the_cifar10_runlocal_config_on_mock_data(tmp_path):
+  config = load_config(
+    os.path.join(REPO, "experiments", "ddpm_cifar10.py"), "runlocal,bf16,conditional"
+  )
+  _one_step(config, "cifar10", tmp_path, sample_every=1)
+
+
+@pytest.mark.parametrize(
+  "name,shape,params",
+  [("ddpm_mnist", (28, 28, 1), None), ("ddpm_cifar10", (32, 32, 3), 35_746_307)],
 )
-def test_one_train_step_of_each_cifar10_config_on_mock_data(tmp_path, arg):
-  config = load_config(os.path.join(REPO, "experiments", "ddpm_cifar10.py"), arg)
-  _one_step(config, "cifar10", tmp_path, sample_every=1 if arg else 0)
+def test_the_full_size_configs_trace_their_train_step_and_sampler(name, shape, params):
+  """The papers' UNets (35.7M parameters on CIFAR-10) with their optimizers, EMA and sampler fit
+  the shared step (abstract evaluation: real sizes run in benchmarks/, not in tests)."""
+  from research.train import state as state_lib
+  from research.train.optim import make_optimizers
+  from research.train.step import make_train_step
+
+  config = load_config(os.path.join(REPO, "experiments", f"{name}.py"))
+  task = setup.build_task(config, data.DatasetInfo(shape, 10, 1000, 100))
+  opts = make_optimizers(config.optim, task.parts, config.train.num_steps)
+  use_ema = config.train.ema_decay > 0
+  state = jax.eval_shape(state_lib.state_factory(task, opts, shape, True, 0, use_ema))
+  count = sum(x.size for x in jax.tree.leaves(state.parts["model"].params))
+  assert params is None or count == params
+  batch = {
+    "image": jax.ShapeDtypeStruct((config.batch_size, *shape), jnp.uint8),
+    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+  }
+  step = make_train_step(task, opts, loop.step_config(config))
+  new_state, metrics = jax.eval_shape(step, state, batch)
+  chex.assert_trees_all_equal_shapes_and_dtypes(state, new_state)
+  assert "model/loss" in metrics
+  samples = jax.eval_shape(lambda v: task.sample(v, jax.random.key(0), 4), state.variables())
+  assert samples["images"].shape == (4, *shape) and samples["images"].dtype == jnp.uint8
 
 
 def _one_step(config, dataset, workdir, sample_every):
@@ -59,15 +89,25 @@ def _one_step(config, dataset, workdir, sample_every):
     assert os.path.exists(workdir / "samples" / "step_0000001.png")
 
 
+def _train_and_evaluate(config, workdir: str, steps: int) -> dict:
+  """`steps` of training (resumed in the workdir), then --mode=eval, in this process."""
+  from research.eval import run as eval_run
+
+  config.train.num_steps = steps
+  loop.train(config, workdir)
+  return eval_run.run_eval(config, workdir)
+
+
 @pytest.mark.slow
 def test_training_lowers_the_bound_and_its_terms_add_up(tmp_path, data_dir):
+  from research.eval import run as eval_run
+
   workdir = str(tmp_path)
-  run_main(workdir, data_dir, "--config.train.num_steps=1", config=TINY)
-  run_main(workdir, data_dir, "--mode=eval", config=TINY)
-  before = json.load(open(os.path.join(workdir, "eval.json")))
-  run_main(workdir, data_dir, "--config.train.num_steps=300", config=TINY, timeout=600)
-  run_main(workdir, data_dir, "--mode=eval", config=TINY)
-  after = json.load(open(os.path.join(workdir, "eval.json")))
+  config = load_config(TINY)
+  config.data.data_dir = data_dir
+  before = _train_and_evaluate(config, workdir, 1)
+  after = _train_and_evaluate(config, workdir, 300)
+  assert after["step"] == 300 and json.load(open(os.path.join(workdir, "eval.json")))["step"] == 300
   assert after["total_bpd"] < before["total_bpd"] - 0.5, (before, after)
   assert after["l_simple"] < before["l_simple"]
   for r in (before, after):
@@ -76,7 +116,8 @@ def test_training_lowers_the_bound_and_its_terms_add_up(tmp_path, data_dir):
     assert r["prior_bpd"] < 1e-3  # q(x_T | x_0) is close to N(0, I) for T = 1000 linear betas
   # Both samplers through sample mode.
   for sampler in ("ddim", "ddpm"):
-    run_main(workdir, data_dir, "--mode=sample", f"--config.sample.sampler={sampler}", config=TINY)
+    config.sample.sampler = sampler
+    eval_run.run_sample(config, workdir)
     with np.load(os.path.join(workdir, "samples.npz")) as f:
       assert f["images"].shape == (16, 8, 8, 1) and f["images"].dtype == np.uint8
       assert f["images"].std() > 10  # not a constant image
@@ -169,12 +210,10 @@ def test_a_sampler_the_objective_cannot_run_is_a_one_line_error(data_dir):
 def test_a_short_flow_run_lowers_held_out_bits_per_dim(tmp_path, data_dir):
   """Bits/dim through the probability-flow ODE (Hutchinson) falls as a tiny flow model trains."""
   workdir = str(tmp_path)
-  run_main(workdir, data_dir, "--config.train.num_steps=1", config=FLOW_TINY)
-  run_main(workdir, data_dir, "--mode=eval", config=FLOW_TINY)
-  before = json.load(open(os.path.join(workdir, "eval.json")))
-  run_main(workdir, data_dir, "--config.train.num_steps=300", config=FLOW_TINY, timeout=600)
-  run_main(workdir, data_dir, "--mode=eval", config=FLOW_TINY)
-  after = json.load(open(os.path.join(workdir, "eval.json")))
+  config = load_config(FLOW_TINY)
+  config.data.data_dir = data_dir
+  before = _train_and_evaluate(config, workdir, 1)
+  after = _train_and_evaluate(config, workdir, 300)
   assert after["ode_bpd"] < before["ode_bpd"] - 0.5, (before, after)
   assert after["loss"] < before["loss"]
   assert after["ode_bpd_steps"] == 4

@@ -333,10 +333,11 @@ def test_save_errors_surface_at_wait_and_close_as_user_errors(tmp_path, monkeypa
     assert Checkpointer(str(tmp_path / where), save_every=1).steps() == [1]
 
 
-def test_the_log_filter_drops_asyncio_reports_of_a_failed_write_and_keeps_others():
-  """What CI once printed on a real full disk: asyncio's "Future exception was never retrieved"
-  for a sibling TensorStore write, with no Orbax frame in its traceback, but the errno in its
-  text. It is the failure `Checkpointer` already reported in one line; other asyncio errors stay."""
+def test_the_log_filter_drops_asyncio_reports_of_abandoned_tensorstore_io_and_keeps_others():
+  """What CI once printed, on a real full disk and on a step without its OCDBT manifest: asyncio's
+  "Future exception was never retrieved" for a sibling TensorStore write or read, with no Orbax
+  frame in its traceback, but the errno or the TensorStore spec in its text. It is the failure
+  `Checkpointer` already reported in one line; other asyncio errors stay."""
   import logging
 
   from research.train.faults import _LOG_FILTER
@@ -348,6 +349,10 @@ def test_the_log_filter_drops_asyncio_reports_of_a_failed_write_and_keeps_others
 
   enospc = ValueError("RESOURCE_EXHAUSTED: Error writing ... [os_error_code='28']")
   assert not _LOG_FILTER.filter(record("Future exception was never retrieved\nfuture: <F>", enospc))
+  missing = ValueError("NOT_FOUND: Error opening \"zarr\" driver: ... [tensorstore_spec='{}']")
+  assert not _LOG_FILTER.filter(
+    record("Future exception was never retrieved\nfuture: <F>", missing)
+  )
   assert _LOG_FILTER.filter(record("Future exception was never retrieved", ValueError("a bug")))
   assert _LOG_FILTER.filter(record("Exception in callback f()", enospc))
 

@@ -114,9 +114,9 @@ class _AbortedIOLogFilter(logging.Filter):
   """Drops the multi-line log reports (tracebacks) of Orbax I/O that failed, which `Checkpointer`
   raises as one line: Orbax's own reports of a save that failed on the filesystem (absl logger),
   and asyncio's "Task/Future exception was never retrieved" for Orbax's sibling reads of a damaged
-  checkpoint, abandoned once the first one failed, and for TensorStore's sibling writes of a save
-  that ran out of space (whose traceback may not pass through Orbax, but whose error carries the
-  errno) (asyncio logger)."""
+  checkpoint, abandoned once the first one failed (TensorStore's futures: their traceback may not
+  pass through Orbax, but their error names its ``tensorstore_spec``), and for TensorStore's sibling
+  writes of a save that ran out of space (whose error carries the errno) (asyncio logger)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not record.exc_info:
@@ -124,7 +124,8 @@ class _AbortedIOLogFilter(logging.Filter):
     if record.name == "asyncio":
       exc, tb = record.exc_info[1], record.exc_info[2]
       never_retrieved = "never retrieved" in str(record.msg)
-      return not (_through_orbax(tb) or (never_retrieved and fs_errno(exc) is not None))
+      abandoned_io = fs_errno(exc) is not None or "tensorstore_spec" in str(exc)
+      return not (_through_orbax(tb) or (never_retrieved and abandoned_io))
     return "orbax" not in record.pathname or fs_errno(record.exc_info[1]) is None
 
 
