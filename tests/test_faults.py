@@ -354,6 +354,9 @@ def test_the_log_filter_drops_asyncio_reports_of_abandoned_tensorstore_io_and_ke
     record("Future exception was never retrieved\nfuture: <F>", missing)
   )
   assert _LOG_FILTER.filter(record("Future exception was never retrieved", ValueError("a bug")))
+  assert _LOG_FILTER.filter(
+    record("Task exception was never retrieved", ValueError("NOT_FOUND: k"))
+  )
   assert _LOG_FILTER.filter(record("Exception in callback f()", enospc))
 
 

@@ -110,12 +110,16 @@ def _through_orbax(tb: Any) -> bool:
   return False
 
 
+# TensorStore's errors read "NOT_FOUND: Error opening ...", "OUT_OF_RANGE: Error reading ...".
+_TENSORSTORE_STATUS = re.compile(r"[A-Z][A-Z_]+: Error (opening|reading|writing) ")
+
+
 class _AbortedIOLogFilter(logging.Filter):
   """Drops the multi-line log reports (tracebacks) of Orbax I/O that failed, which `Checkpointer`
   raises as one line: Orbax's own reports of a save that failed on the filesystem (absl logger),
   and asyncio's "Task/Future exception was never retrieved" for Orbax's sibling reads of a damaged
   checkpoint, abandoned once the first one failed (TensorStore's futures: their traceback may not
-  pass through Orbax, but their error names its ``tensorstore_spec``), and for TensorStore's sibling
+  pass through Orbax, but their error is a TensorStore status line), and for TensorStore's sibling
   writes of a save that ran out of space (whose error carries the errno) (asyncio logger)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
@@ -124,7 +128,7 @@ class _AbortedIOLogFilter(logging.Filter):
     if record.name == "asyncio":
       exc, tb = record.exc_info[1], record.exc_info[2]
       never_retrieved = "never retrieved" in str(record.msg)
-      abandoned_io = fs_errno(exc) is not None or "tensorstore_spec" in str(exc)
+      abandoned_io = fs_errno(exc) is not None or _TENSORSTORE_STATUS.match(str(exc)) is not None
       return not (_through_orbax(tb) or (never_retrieved and abandoned_io))
     return "orbax" not in record.pathname or fs_errno(record.exc_info[1]) is None
 
