@@ -336,7 +336,7 @@ def test_save_errors_surface_at_wait_and_close_as_user_errors(tmp_path, monkeypa
 def test_the_log_filter_drops_asyncio_reports_of_abandoned_tensorstore_io_and_keeps_others():
   """What CI once printed, on a real full disk and on a step without its OCDBT manifest: asyncio's
   "Future exception was never retrieved" for a sibling TensorStore write or read, with no Orbax
-  frame in its traceback, but the errno or the TensorStore spec in its text. It is the failure
+  frame in its traceback, but the errno or a TensorStore status line in its text. It is the failure
   `Checkpointer` already reported in one line; other asyncio errors stay."""
   import logging
 
@@ -353,6 +353,8 @@ def test_the_log_filter_drops_asyncio_reports_of_abandoned_tensorstore_io_and_ke
   assert not _LOG_FILTER.filter(
     record("Future exception was never retrieved\nfuture: <F>", missing)
   )
+  short = ValueError('OUT_OF_RANGE: Error reading "params.kernel/0.0" in OCDBT database at ...')
+  assert not _LOG_FILTER.filter(record("Future exception was never retrieved\nfuture: <F>", short))
   assert _LOG_FILTER.filter(record("Future exception was never retrieved", ValueError("a bug")))
   assert _LOG_FILTER.filter(
     record("Task exception was never retrieved", ValueError("NOT_FOUND: k"))
